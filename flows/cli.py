@@ -1,0 +1,55 @@
+"""Shared CLI plumbing: one-line errors and exit codes, never a traceback for a user error."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_MODEL, EXIT_TRACKING = 0, 1, 2, 3, 4
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that exits 2 with a one-line message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def csv_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def validation_message(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def run(prog: str, body: Callable[[], int]) -> int:
+    """Run ``body``; map known errors to one line on stderr and an exit code."""
+    from pipeline.errors import InputError, ModelError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return body()
+    except ValidationError as e:
+        print(f"{prog}: error: {validation_message(e)}", file=sys.stderr)
+        return EXIT_INPUT
+    except (InputError, ModelError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_FAILURE)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        code = getattr(e, "exit_code", None)
+        if code is not None:  # TrackingUnavailable and other errors that carry their own code
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return int(code)
+        raise

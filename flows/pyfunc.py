@@ -1,0 +1,31 @@
+"""The MLflow pyfunc: a thin adapter over the same scoring code the CLI uses.
+
+``mlflow.pyfunc.load_model("models:/vae-anomaly@champion").predict(df)`` returns a frame with
+``score``, ``threshold`` and ``is_anomaly`` (0/1), one row per input row, in order.
+This module imports mlflow and pipeline only (no prefect), so a model server can load it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+
+from pipeline.detector import VAEAnomalyDetector
+
+DETECTOR_ARTIFACT = "detector"
+
+
+class VAEAnomalyModel(mlflow.pyfunc.PythonModel):
+    """Loads the saved detector folder; predict returns scores and flags."""
+
+    def load_context(self, context: Any) -> None:
+        self.detector = VAEAnomalyDetector.load(context.artifacts[DETECTOR_ARTIFACT])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        # MLflow accepts a pd.DataFrame hint without inferring a schema from it: the logged signature rules.
+        df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        scores = self.detector.score_samples(df)
+        thr = self.detector.threshold_
+        return pd.DataFrame({"score": scores, "threshold": thr, "is_anomaly": (scores > thr).astype("int64")})

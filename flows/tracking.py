@@ -1,0 +1,206 @@
+"""MLflow: tracking set-up, logging a training run, registering and resolving models."""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flows.settings import artifact_root, redact, tracking_uri
+from pipeline.detector import VAEAnomalyDetector
+from pipeline.errors import ModelError
+from pipeline.plots import score_distribution
+
+log = logging.getLogger(__name__)
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+_REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "pyarrow", "mlflow")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server cannot be reached."""
+
+    exit_code = 4
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    alias: str
+    run_id: str
+    model_uri: str
+
+
+@dataclass
+class ResolvedModel:
+    detector: VAEAnomalyDetector
+    uri: str
+    name: str | None
+    version: str | None
+
+
+def setup(experiment: str | None = None) -> str:
+    """Point MLflow at the configured store; create the experiment if needed. Returns the URI."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if experiment is not None:
+        try:
+            exp = mlflow.get_experiment_by_name(experiment)
+            if exp is None:
+                location = artifact_root().as_uri() if uri.startswith("sqlite:") else None
+                mlflow.create_experiment(experiment, artifact_location=location)
+            mlflow.set_experiment(experiment)
+        except Exception as e:
+            raise _translate(e, uri) from e
+    return uri
+
+
+def _translate(e: Exception, uri: str) -> Exception:
+    """Connection failures become TrackingUnavailable with a clean message."""
+    text = f"{type(e).__name__}: {e}"
+    if re.search(r"Connection|Max retries|timed out|refused|Name or service", text):
+        return TrackingUnavailable(f"cannot reach the MLflow tracking server at {redact(uri)}")
+    return e
+
+
+def _pip_requirements() -> list[str]:
+    reqs = []
+    for name in _REQUIREMENTS:
+        try:
+            v = metadata.version(name).split("+")[0]
+            reqs.append(f"{name}=={v}")
+        except metadata.PackageNotFoundError:
+            continue
+    return reqs
+
+
+def _log_history(client: Any, run_id: str, det: VAEAnomalyDetector) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    h = det.history_
+    metrics = [Metric("train_loss", v, now, i) for i, v in enumerate(h.train_loss)]
+    metrics += [Metric("val_loss", v, now, i) for i, v in enumerate(h.val_loss)]
+    for start in range(0, len(metrics), 900):
+        client.log_batch(run_id, metrics=metrics[start : start + 900])
+
+
+def log_training_run(
+    det: VAEAnomalyDetector, params: dict[str, Any], model_name: str, alias: str,
+    sample: pd.DataFrame, eval_metrics: dict[str, float], anomaly_scores: np.ndarray | None,
+) -> RegisteredVersion:
+    """Log params, per-epoch losses, metrics, schema, calibration and the pyfunc; register it; set alias."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    uri = mlflow.get_tracking_uri()
+    try:
+        with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+            client = mlflow.MlflowClient()
+            h = det.history_
+            mlflow.log_params({**params, "hidden": str(det.model_config_.hidden),
+                               "latent_dim_used": det.model_config_.latent_dim,
+                               "batch_size_used": h.batch_size, "score_method": det.score_method,
+                               "n_draws": det.n_draws})
+            _log_history(client, run.info.run_id, det)
+            cal = det.calibration_scores_
+            mlflow.log_metrics({
+                "best_val_loss": h.best_val_loss, "best_epoch": h.best_epoch, "epochs": len(h.train_loss),
+                "train_seconds": h.seconds, "train_samples_per_s": h.samples_per_s,
+                "threshold": det.threshold_, "n_train": det.n_rows_["train"], "n_val": det.n_rows_["val"],
+                "n_cal": det.n_rows_["cal"], "cal_score_median": float(np.median(cal)),
+                "cal_score_p99": float(np.quantile(cal, 0.99)), **eval_metrics,
+            })
+            mlflow.set_tag("device", h.device)
+            mlflow.log_dict(det.schema_.to_dict(), "schema.json")
+            mlflow.log_dict({"alpha": det.alpha, "threshold": det.threshold_, "n_cal": len(cal),
+                             "rule": "split-conformal: k-th smallest calibration score, k=ceil((n+1)(1-alpha))"},
+                            "calibration/calibration.json")
+            cal_csv = Path(tmp) / "calibration_scores.csv"
+            pd.DataFrame({"score": cal}).to_csv(cal_csv, index=False, float_format="%.9g")
+            mlflow.log_artifact(str(cal_csv), "calibration")
+            png = score_distribution(cal, det.threshold_, det.alpha, Path(tmp) / "score_distribution.png",
+                                     other_scores=anomaly_scores, other_label="labelled anomalies")
+            mlflow.log_artifact(str(png), "calibration")
+            det_dir = det.save(Path(tmp) / "detector")
+            features = det.schema_.validate(sample, require_ids=False)
+            with warnings.catch_warnings():  # is_anomaly is an integer on purpose: 0/1, never missing
+                warnings.simplefilter("ignore", UserWarning)
+                signature = infer_signature(features, pd.DataFrame(
+                    {"score": [0.0], "threshold": [0.0], "is_anomaly": [0]}))
+            with warnings.catch_warnings():  # MLflow's advice on type hints and input examples
+                warnings.simplefilter("ignore", UserWarning)
+                info = _log_pyfunc(det_dir, signature, model_name)
+            version = str(info.registered_model_version)
+            client.set_registered_model_alias(model_name, alias, version)
+            client.set_model_version_tag(model_name, version, "threshold", f"{det.threshold_:.9g}")
+            return RegisteredVersion(model_name, version, alias, run.info.run_id, f"models:/{model_name}@{alias}")
+    except Exception as e:
+        raise _translate(e, uri) from e
+
+
+def _log_pyfunc(det_dir: Path, signature: Any, model_name: str) -> Any:
+    import mlflow
+
+    from flows.pyfunc import DETECTOR_ARTIFACT
+
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(PROJECT_DIR / "flows" / "pyfunc_entry.py"),
+        artifacts={DETECTOR_ARTIFACT: str(det_dir)},
+        code_paths=[str(PROJECT_DIR / p) for p in ("vae", "pipeline", "flows")],
+        pip_requirements=_pip_requirements(),
+        signature=signature,
+        registered_model_name=model_name,
+    )
+
+
+_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+
+
+def load_model(model_uri: str) -> ResolvedModel:
+    """Resolve ``model_uri`` in the registry and load its detector through the pyfunc.
+
+    Raises:
+        ModelError: unknown model name, alias or version, or missing artifacts.
+        TrackingUnavailable: the tracking server cannot be reached.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = mlflow.get_tracking_uri()
+    name = version = None
+    try:
+        client = mlflow.MlflowClient()
+        if m := _ALIAS_URI.match(model_uri):
+            name = m["name"]
+            version = str(client.get_model_version_by_alias(name, m["alias"]).version)
+        elif m := _VERSION_URI.match(model_uri):
+            name, version = m["name"], m["version"]
+            client.get_model_version(name, version)
+        model = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as e:
+        t = _translate(e, uri)
+        if isinstance(t, TrackingUnavailable):
+            raise t from e
+        raise ModelError(f"model {model_uri} not found in the registry at {redact(uri)}: "
+                         f"{str(e).splitlines()[0][:200]}") from e
+    except (OSError, ModelError) as e:
+        raise ModelError(f"model {model_uri} cannot be loaded: {str(e).splitlines()[0][:200]}") from e
+    except Exception as e:
+        raise _translate(e, uri) from e
+    python_model = model.unwrap_python_model()
+    return ResolvedModel(python_model.detector, model_uri, name, version)

@@ -1,0 +1,152 @@
+"""``train`` flow: read a table, fit the VAE detector, calibrate, log to MLflow, register, set alias.
+
+    python -m flows.train --data data/demo/train.csv --model-name vae-anomaly --id-columns txn_id
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
+
+from flows import tracking
+from flows.cli import ArgumentParser, csv_list, run
+from flows.config import TrainConfig
+from flows.outcome import UserError, user_errors
+from pipeline.detector import VAEAnomalyDetector
+from pipeline.io import read_table
+from vae.config import TrainConfig as TrainerConfig
+
+
+@task(cache_policy=NO_CACHE)
+def load_training_data(config: TrainConfig) -> pd.DataFrame | UserError:
+    try:
+        return read_table(config.data, str_columns=config.id_columns)
+    except user_errors() as e:
+        return UserError.of(e)
+
+
+@task(cache_policy=NO_CACHE)
+def fit_detector(df: pd.DataFrame, config: TrainConfig) -> VAEAnomalyDetector | UserError:
+    det = VAEAnomalyDetector(
+        alpha=config.alpha, id_columns=config.id_columns, label_column=config.label_column,
+        categorical_columns=config.categorical_columns, latent_dim=config.latent_dim, seed=config.seed,
+        train_config=TrainerConfig(max_epochs=config.max_epochs, batch_size=config.batch_size,
+                                   seed=config.seed, device=config.device),
+    )
+    try:
+        return det.fit(df)
+    except user_errors() as e:
+        return UserError.of(e)
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_labelled(det: VAEAnomalyDetector, df: pd.DataFrame) -> tuple[dict[str, float], np.ndarray | None]:
+    """AUROC of labelled anomalies (kept out of training) against the calibration rows."""
+    label = det.schema_.label_column
+    if not label:
+        return {}, None
+    anomalies = df[pd.to_numeric(df[label], errors="coerce") == 1]
+    if anomalies.empty:
+        return {}, None
+    from sklearn.metrics import roc_auc_score
+
+    s_anom = det.score_samples(anomalies)
+    s_cal = det.calibration_scores_
+    y = np.r_[np.zeros(len(s_cal)), np.ones(len(s_anom))]
+    return {"eval_auroc": float(roc_auc_score(y, np.r_[s_cal, s_anom])),
+            "eval_recall_at_threshold": float(np.mean(s_anom > det.threshold_))}, s_anom
+
+
+@task(cache_policy=NO_CACHE)
+def register_model(
+    det: VAEAnomalyDetector, df: pd.DataFrame, config: TrainConfig,
+    eval_metrics: dict[str, float], anomaly_scores: np.ndarray | None,
+) -> tracking.RegisteredVersion | UserError:
+    try:
+        tracking.setup(config.experiment)
+        params = config.model_dump(mode="json", exclude={"model_name", "alias", "experiment"})
+        params = {k: ("" if v is None else str(v)) for k, v in params.items()}
+        return tracking.log_training_run(det, params, config.model_name, config.alias,
+                                         df.head(5), eval_metrics, anomaly_scores)
+    except user_errors() as e:
+        return UserError.of(e)
+
+
+@flow(name="train", log_prints=True)
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train, calibrate and register a VAE anomaly detector; returns a summary."""
+    df = load_training_data(config)
+    if isinstance(df, UserError):
+        return Failed(message=df.message, data=df)  # type: ignore[return-value]
+    det = fit_detector(df, config)
+    if isinstance(det, UserError):
+        return Failed(message=det.message, data=det)  # type: ignore[return-value]
+    eval_metrics, anomaly_scores = evaluate_labelled(det, df)
+    reg = register_model(det, df, config, eval_metrics, anomaly_scores)
+    if isinstance(reg, UserError):
+        return Failed(message=reg.message, data=reg)  # type: ignore[return-value]
+    h = det.history_
+    return {
+        "model_name": reg.name, "version": reg.version, "alias": reg.alias, "model_uri": reg.model_uri,
+        "run_id": reg.run_id, "threshold": det.threshold_, "alpha": det.alpha, **det.n_rows_,
+        "epochs": len(h.train_loss), "best_epoch": h.best_epoch, "train_seconds": round(h.seconds, 2),
+        "device": h.device, "tracking_uri": tracking.redact(tracking.tracking_uri()), **eval_metrics,
+    }
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m flows.train", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="training table (CSV or Parquet)")
+    p.add_argument("--model-name", default="vae-anomaly", help="registered model name (default: vae-anomaly)")
+    p.add_argument("--alias", default="champion", help="alias for the new version (default: champion)")
+    p.add_argument("--experiment", default="vae-anomaly", help="MLflow experiment (default: vae-anomaly)")
+    p.add_argument("--id-columns", type=csv_list, default=[], help="comma-separated columns carried to reports")
+    p.add_argument("--label-column", default=None, help="0/1 column (1 = anomaly), used only for evaluation")
+    p.add_argument("--categorical-columns", type=csv_list, default=[], help="force these columns categorical")
+    p.add_argument("--alpha", type=float, default=0.01, help="target false-positive rate (default: 0.01)")
+    p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--latent-dim", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        config = TrainConfig(**{k: v for k, v in vars(args).items()})
+        state = train(config, return_state=True)
+        if state.is_failed():
+            err = _user_error(state)
+            if err is None:
+                state.result()  # re-raise the unexpected exception
+            print(f"python -m flows.train: error: {err.message}", file=sys.stderr)
+            return err.exit_code
+        summary = state.result()
+        print(f"registered {summary['model_name']} version {summary['version']} as "
+              f"@{summary['alias']} (threshold {summary['threshold']:.4g} at alpha={summary['alpha']})")
+        for k, v in summary.items():
+            print(f"  {k}: {v}")
+        return 0
+
+    return run("python -m flows.train", body)
+
+
+def _user_error(state: Any) -> UserError | None:
+    try:
+        data = state.result(raise_on_failure=False)
+    except Exception:
+        return None
+    return data if isinstance(data, UserError) else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The estimator users and flows call: fit / score_samples / predict, save / load.
+
+It ties schema, preprocessing, the VAE and the calibrated threshold together, so that the
+threshold and the scaling statistics travel inside the saved model and serving cannot drift
+from training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.calibrate import check_alpha, conformal_threshold, min_calibration_rows
+from pipeline.errors import InputError, ModelError
+from pipeline.preprocess import Preprocessor
+from pipeline.schema import Schema, infer_schema
+from pipeline.split import split_rows
+from vae.config import ModelConfig, TrainConfig
+from vae.model import TabularBatch, TabularVAE
+from vae.score import SCORE_METHODS, score_rows
+from vae.train import TrainHistory, fit, resolve_device
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.pt"
+META_FILE = "detector.json"
+CAL_FILE = "calibration_scores.npy"
+SCORE_CHUNK = 65536
+
+
+class VAEAnomalyDetector:
+    """VAE anomaly detector for tables; higher score = more anomalous.
+
+    Args:
+        alpha: target false-positive rate of the calibrated threshold.
+        id_columns: columns carried into reports, never modelled.
+        label_column: optional 0/1 column (1 = anomaly) used only for evaluation: its
+            anomalous rows are kept out of training and calibration.
+        categorical_columns: columns to model as categorical whatever their dtype.
+        val_fraction, cal_fraction: shares of the (normal) rows held out for early stopping
+            and for calibration.
+        hidden, latent_dim: network size; None sizes it from the data (ModelConfig.for_data).
+        train_config: trainer settings (epochs, batch size, seed, device...).
+        score_method: ``elbo`` (negative ELBO), ``iwae`` or ``recon``.
+        n_draws: fixed Monte Carlo draws per row for the score.
+        seed: seeds the split and the trainer.
+    """
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.01,
+        id_columns: Sequence[str] = (),
+        label_column: str | None = None,
+        categorical_columns: Sequence[str] = (),
+        val_fraction: float = 0.15,
+        cal_fraction: float = 0.2,
+        hidden: tuple[int, ...] | None = None,
+        latent_dim: int | None = None,
+        train_config: TrainConfig | None = None,
+        score_method: str = "elbo",
+        n_draws: int = 16,
+        seed: int = 0,
+    ) -> None:
+        self.alpha = alpha
+        self.id_columns = tuple(id_columns)
+        self.label_column = label_column
+        self.categorical_columns = tuple(categorical_columns)
+        self.val_fraction = val_fraction
+        self.cal_fraction = cal_fraction
+        self.hidden = hidden
+        self.latent_dim = latent_dim
+        self.train_config = train_config
+        self.score_method = score_method
+        self.n_draws = n_draws
+        self.seed = seed
+
+    # ----------------------------------------------------------------- fit
+    def fit(self, df: pd.DataFrame) -> VAEAnomalyDetector:
+        """Infer the schema, split, fit preprocessing and the VAE, calibrate the threshold.
+
+        Raises:
+            InputError: bad parameters or data (names the problem).
+        """
+        check_alpha(self.alpha)
+        if self.score_method not in SCORE_METHODS:
+            raise InputError(f"score_method must be one of {SCORE_METHODS}, got {self.score_method!r}")
+        self.schema_ = infer_schema(df, self.id_columns, self.label_column, self.categorical_columns)
+        features = self.schema_.validate(df, source="training data")
+        normal = np.ones(len(df), dtype=bool)
+        if self.label_column:
+            normal = _labels(df[self.label_column], self.label_column) == 0
+        positions = np.flatnonzero(normal)
+        split = split_rows(len(positions), self.val_fraction, self.cal_fraction, self.seed)
+        need = min_calibration_rows(self.alpha)
+        if len(split.cal) < need:
+            raise InputError(
+                f"alpha={self.alpha} needs at least {need} calibration rows, got {len(split.cal)} "
+                f"({self.cal_fraction:.0%} of {len(positions)} normal training rows): "
+                f"give at least {int(np.ceil(need / self.cal_fraction))} rows or raise alpha"
+            )
+        train_f = features.iloc[positions[split.train]]
+        self.preprocessor_ = Preprocessor(self.schema_).fit(train_f)
+        self.model_config_ = ModelConfig.for_data(
+            len(self.schema_.numeric), self.preprocessor_.cardinalities, self.hidden, self.latent_dim
+        )
+        tc = self.train_config or TrainConfig(seed=self.seed)
+        self.model_ = TabularVAE(self.model_config_)
+        self.history_: TrainHistory = fit(
+            self.model_,
+            self.preprocessor_.transform(train_f),
+            self.preprocessor_.transform(features.iloc[positions[split.val]]),
+            tc,
+        )
+        self.model_.to("cpu")
+        self.calibration_scores_ = self.score_validated(features.iloc[positions[split.cal]])
+        self.threshold_ = conformal_threshold(self.calibration_scores_, self.alpha)
+        self.n_rows_ = {"train": len(split.train), "val": len(split.val), "cal": len(split.cal),
+                        "excluded_anomalies": int((~normal).sum())}
+        return self
+
+    # ------------------------------------------------------------- scoring
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "threshold_"):
+            raise ModelError("this VAEAnomalyDetector is not fitted yet: call fit() or load()")
+
+    def _batches(self, features: pd.DataFrame):
+        for start in range(0, len(features), SCORE_CHUNK):
+            yield self.preprocessor_.transform(features.iloc[start : start + SCORE_CHUNK])
+
+    def score_validated(self, features: pd.DataFrame) -> np.ndarray:
+        out = [score_rows(self.model_, b, self.score_method, self.n_draws).double().cpu().numpy()
+               for b in self._batches(features)]
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def score_samples(self, df: pd.DataFrame, source: str = "input") -> np.ndarray:
+        """(n,) raw anomaly scores, higher = more anomalous; deterministic.
+
+        Raises:
+            SchemaError: ``df`` does not match the training schema.
+        """
+        self._check_fitted()
+        return self.score_validated(self.schema_.validate(df, source=source, require_ids=False))
+
+    def predict(self, df: pd.DataFrame) -> np.ndarray:
+        """(n,) 0/1 labels: 1 where the score is above the calibrated threshold."""
+        return (self.score_samples(df) > self.threshold_).astype(np.int64)
+
+    def batch(self, df: pd.DataFrame) -> TabularBatch:
+        """The encoded tensors of ``df`` (for sampling, reconstructions and plots)."""
+        self._check_fitted()
+        return self.preprocessor_.transform(self.schema_.validate(df, require_ids=False))
+
+    # ---------------------------------------------------------- save / load
+    def params(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha, "id_columns": list(self.id_columns), "label_column": self.label_column,
+            "categorical_columns": list(self.categorical_columns), "val_fraction": self.val_fraction,
+            "cal_fraction": self.cal_fraction, "hidden": self.hidden, "latent_dim": self.latent_dim,
+            "score_method": self.score_method, "n_draws": self.n_draws, "seed": self.seed,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted detector to a folder: JSON metadata, .npy scores, tensor-only weights."""
+        self._check_fitted()
+        d = Path(path)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "params": self.params(),
+            "train_config": asdict(self.train_config) if self.train_config else None,
+            "schema": self.schema_.to_dict(),
+            "preprocessor": self.preprocessor_.to_dict(),
+            "model_config": self.model_config_.to_dict(),
+            "threshold": self.threshold_,
+            "n_rows": self.n_rows_,
+            "history": asdict(self.history_),
+        }
+        (d / META_FILE).write_text(json.dumps(meta, indent=1))
+        np.save(d / CAL_FILE, self.calibration_scores_)
+        torch.save(self.model_.state_dict(), d / WEIGHTS_FILE)
+        return d
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> VAEAnomalyDetector:
+        """Load a detector saved by :meth:`save`; weights load without unpickling code.
+
+        Raises:
+            ModelError: the folder or one of its files is missing or unreadable.
+        """
+        d = Path(path)
+        for f in (META_FILE, CAL_FILE, WEIGHTS_FILE):
+            if not (d / f).is_file():
+                raise ModelError(f"model folder {d} is incomplete: {f} is missing")
+        try:
+            meta = json.loads((d / META_FILE).read_text())
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise ModelError(f"model format {meta.get('format_version')!r} is not {FORMAT_VERSION}")
+            p = meta["params"]
+            tc = TrainConfig(**meta["train_config"]) if meta.get("train_config") else None
+            det = cls(**{k: v for k, v in p.items() if k not in ("hidden",)},
+                      hidden=tuple(p["hidden"]) if p.get("hidden") else None, train_config=tc)
+            det.schema_ = Schema.from_dict(meta["schema"])
+            det.preprocessor_ = Preprocessor.from_dict(det.schema_, meta["preprocessor"])
+            det.model_config_ = ModelConfig.from_dict(meta["model_config"])
+            det.model_ = TabularVAE(det.model_config_)
+            state = torch.load(d / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+            det.model_.load_state_dict(state)
+            det.model_.to(resolve_device(device)).eval()
+            det.threshold_ = float(meta["threshold"])
+            det.calibration_scores_ = np.load(d / CAL_FILE, allow_pickle=False)
+            det.n_rows_ = meta["n_rows"]
+            det.history_ = TrainHistory(**meta["history"])
+        except ModelError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise ModelError(f"cannot load model from {d}: {type(e).__name__}: {e}") from e
+        return det
+
+
+def _labels(col: pd.Series, name: str) -> np.ndarray:
+    values = pd.to_numeric(col, errors="coerce")
+    ok = values.isin([0, 1])
+    if not ok.all():
+        i = int(np.argmax(~ok.to_numpy()))
+        raise InputError(f"label column {name!r} must hold 0 or 1 (1 = anomaly), row {i} holds {col.iloc[i]!r}")
+    return values.to_numpy(dtype=np.int64)

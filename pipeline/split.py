@@ -1,0 +1,41 @@
+"""Seeded train / validation / calibration split of the training rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.errors import InputError
+
+MIN_ROWS = 10
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row positions of each part; disjoint, together all rows."""
+
+    train: np.ndarray
+    val: np.ndarray
+    cal: np.ndarray
+
+
+def split_rows(n: int, val_fraction: float, cal_fraction: float, seed: int) -> Split:
+    """Shuffle ``n`` row positions with ``seed`` and cut them into train / val / cal.
+
+    The calibration rows are never used to fit anything: they only set the threshold.
+    """
+    for name, f in (("val_fraction", val_fraction), ("cal_fraction", cal_fraction)):
+        if not 0.0 < f < 1.0:
+            raise InputError(f"{name} must be in (0, 1), got {f!r}")
+    if val_fraction + cal_fraction >= 0.9:
+        raise InputError(
+            f"val_fraction + cal_fraction must leave at least 10% for training, got {val_fraction + cal_fraction}"
+        )
+    if n < MIN_ROWS:
+        raise InputError(f"training needs at least {MIN_ROWS} rows, got {n}")
+    n_val = max(round(n * val_fraction), 1)
+    n_cal = max(round(n * cal_fraction), 1)
+    order = np.random.default_rng(seed).permutation(n)
+    return Split(train=np.sort(order[n_val + n_cal :]), val=np.sort(order[:n_val]),
+                 cal=np.sort(order[n_val : n_val + n_cal]))

@@ -1,0 +1,85 @@
+"""The train and score flows under prefect_test_harness, with a real SQLite MLflow store."""
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.config import ScoreConfig, TrainConfig
+from flows.score import score
+from flows.tracking import load_model
+from flows.train import train
+from tests.conftest import make_table
+
+
+def test_train_flow_registers_a_version_with_the_alias(registered_model, session_home):
+    assert registered_model["model_uri"] == "models:/test-model@champion"
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version_by_alias("test-model", "champion")
+    assert str(mv.version) == registered_model["version"]
+    run = client.get_run(registered_model["run_id"])
+    assert run.data.metrics["threshold"] == pytest.approx(registered_model["threshold"])
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == registered_model["epochs"]
+    assert run.data.params["alpha"] == "0.05"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "calibration")}
+    assert {"calibration/calibration_scores.csv", "calibration/score_distribution.png",
+            "calibration/calibration.json"} <= artifacts
+    assert (session_home / "mlflow.db").is_file()  # the embedded store lives in VAE_ANOMALY_HOME
+
+
+def test_pyfunc_predict_matches_the_score_flow(registered_model, prefect_harness, test_table, tmp_path):
+    df, _ = test_table
+    src = tmp_path / "batch.csv"
+    df.to_csv(src, index=False)
+    [summary] = score(ScoreConfig(inputs=[src], model="models:/test-model@champion", out=tmp_path / "out"))
+    report = pd.read_csv(summary["report"])
+    pyfunc = mlflow.pyfunc.load_model("models:/test-model@champion")
+    pred = pyfunc.predict(pd.read_csv(src))
+    assert np.allclose(pred["score"].to_numpy(), report["score"].to_numpy(), rtol=1e-7)
+    assert pred["is_anomaly"].tolist() == report["is_anomaly"].tolist()
+    assert summary["model_version"] == registered_model["version"] and summary["rows"] == len(df)
+
+
+def test_score_flow_fails_cleanly_on_a_bad_file_and_scores_the_good_one(registered_model, prefect_harness,
+                                                                      test_table, tmp_path):
+    df, _ = test_table
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    df.to_csv(good, index=False)
+    df.drop(columns=["a"]).to_csv(bad, index=False)
+    state = score(ScoreConfig(inputs=[good, bad], model="models:/test-model@champion", out=tmp_path / "o"),
+                  return_state=True)
+    assert state.is_failed()
+    assert "bad.csv: missing column(s) ['a']" in state.message
+    assert (tmp_path / "o" / "good.anomalies.csv").is_file()
+    assert not (tmp_path / "o" / "bad.anomalies.csv").exists()
+
+
+def test_unknown_alias_is_a_model_error(registered_model, prefect_harness, tmp_path):
+    state = score(ScoreConfig(inputs=[tmp_path / "x.csv"], model="models:/test-model@nope", out=tmp_path),
+                  return_state=True)
+    assert state.is_failed() and "models:/test-model@nope not found in the registry" in state.message
+
+
+def test_train_flow_reports_bad_data_without_registering(prefect_harness, tmp_path):
+    df, _ = make_table(60, seed=4)
+    p = tmp_path / "small.csv"
+    df.to_csv(p, index=False)
+    state = train(TrainConfig(data=p, model_name="never-registered", id_columns=["id"]), return_state=True)
+    assert state.is_failed() and "alpha=0.01 needs at least 99 calibration rows" in state.message
+    assert mlflow.MlflowClient().search_registered_models("name='never-registered'") == []
+
+
+def test_load_model_tasks_can_run_without_prefect(registered_model):
+    model = load_model("models:/test-model@champion")
+    assert model.version == registered_model["version"] and model.detector.threshold_ > 0
+
+
+def test_configs_reject_unknown_fields_and_bad_values():
+    with pytest.raises(ValueError, match="extra"):
+        TrainConfig(data=Path("x.csv"), epochs=3)
+    with pytest.raises(ValueError, match="less than 1"):
+        TrainConfig(data=Path("x.csv"), alpha=2)
+    with pytest.raises(ValueError, match="model must be an MLflow URI"):
+        ScoreConfig(inputs=[Path("x.csv")], model="vae-anomaly")

@@ -1,0 +1,110 @@
+"""The detector end to end (quality floor, determinism, save/load) and the report writer."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from pipeline.detector import VAEAnomalyDetector
+from pipeline.errors import InputError, ModelError
+from pipeline.report import build_report, neutralise_cell, write_csv_atomic
+from pipeline.scoring import score_file
+from tests.conftest import make_table
+
+
+def test_quality_floor_on_seeded_synthetic_data(fitted_detector, test_table):
+    df, y = test_table
+    assert roc_auc_score(y, fitted_detector.score_samples(df)) > 0.9
+
+
+def test_threshold_is_learned_and_predict_is_binary(fitted_detector, test_table):
+    df, y = test_table
+    pred = fitted_detector.predict(df)
+    assert set(np.unique(pred)) <= {0, 1}
+    assert fitted_detector.n_rows_["cal"] == 300
+    assert pred[y == 0].mean() < 0.12  # alpha = 0.05 on normal rows
+
+
+def test_scores_are_deterministic_and_row_local(fitted_detector, test_table):
+    df, _ = test_table
+    s = fitted_detector.score_samples(df)
+    assert np.array_equal(s, fitted_detector.score_samples(df))
+    assert np.allclose(s[100:110], fitted_detector.score_samples(df.iloc[100:110]), rtol=1e-5)
+
+
+def test_save_load_round_trip(fitted_detector, test_table, tmp_path):
+    df, _ = test_table
+    fitted_detector.save(tmp_path / "m")
+    loaded = VAEAnomalyDetector.load(tmp_path / "m")
+    assert loaded.threshold_ == fitted_detector.threshold_
+    assert np.array_equal(loaded.score_samples(df), fitted_detector.score_samples(df))
+
+
+def test_load_names_the_missing_file(fitted_detector, tmp_path):
+    fitted_detector.save(tmp_path / "m")
+    (tmp_path / "m" / "weights.pt").unlink()
+    with pytest.raises(ModelError, match=r"model folder .* is incomplete: weights.pt is missing"):
+        VAEAnomalyDetector.load(tmp_path / "m")
+
+
+def test_missing_values_and_unseen_categories_are_scored(fitted_detector, test_table):
+    df, _ = test_table
+    odd = df.head(5).copy()
+    odd.loc[odd.index[0], "a"] = np.nan
+    odd.loc[odd.index[1], "shape"] = "hexagon"
+    odd.loc[odd.index[2], "color"] = np.nan
+    s = fitted_detector.score_samples(odd)
+    assert np.isfinite(s).all()
+
+
+def test_labelled_anomalies_are_kept_out_of_training():
+    df, y = make_table(800, seed=3, anomalies=40)
+    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], label_column="label",
+                             train_config=__import__("vae.config").config.TrainConfig(max_epochs=3))
+    det.fit(df.assign(label=y))
+    assert det.n_rows_["excluded_anomalies"] == 40
+    assert sum(det.n_rows_[k] for k in ("train", "val", "cal")) == 760
+
+
+def test_too_little_data_for_alpha_says_what_to_do():
+    df, _ = make_table(100, seed=0)
+    with pytest.raises(InputError, match=r"alpha=0.01 needs at least 99 calibration rows, got 20 .* give at least 495"):
+        VAEAnomalyDetector(alpha=0.01, id_columns=["id"]).fit(df)
+
+
+def test_report_has_one_row_per_input_row_in_order(fitted_detector, test_table, tmp_path):
+    df, _ = test_table
+    src = tmp_path / "batch.csv"
+    df.to_csv(src, index=False)
+    summary = score_file(fitted_detector, src, tmp_path / "out")
+    report = pd.read_csv(summary.report, dtype={"id": str})
+    assert list(report.columns) == ["row", "id", "score", "threshold", "is_anomaly"]
+    assert report["row"].tolist() == list(range(len(df)))
+    assert report["id"].tolist() == df["id"].tolist()
+    assert summary.rows == len(df) and summary.flagged == int(report["is_anomaly"].sum())
+    first = (tmp_path / "out" / "batch.anomalies.csv").read_bytes()
+    score_file(fitted_detector, src, tmp_path / "out")
+    assert (tmp_path / "out" / "batch.anomalies.csv").read_bytes() == first
+    assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_score_file_errors_name_the_file_and_column(fitted_detector, test_table, tmp_path):
+    df, _ = test_table
+    src = tmp_path / "nocol.csv"
+    df.drop(columns=["shape"]).to_csv(src, index=False)
+    with pytest.raises(InputError, match=r"nocol.csv: missing column\(s\) \['shape'\]"):
+        score_file(fitted_detector, src, tmp_path / "out")
+    assert not (tmp_path / "out" / "nocol.anomalies.csv").exists()
+
+
+def test_formula_cells_are_neutralised_but_numbers_are_not():
+    assert neutralise_cell("=HYPERLINK(\"x\")") == "'=HYPERLINK(\"x\")"
+    assert neutralise_cell("-12.5") == "-12.5"
+    assert neutralise_cell("@SUM(A1)") == "'@SUM(A1)"
+    assert neutralise_cell(3) == 3
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    frame = build_report(pd.DataFrame({"id": ["a", "b"]}), np.array([1.0, 5.0]), 2.0, ["id"])
+    p = write_csv_atomic(frame, tmp_path / "r.csv")
+    assert p.read_text() == "row,id,score,threshold,is_anomaly\n0,a,1,2,0\n1,b,5,2,1\n"

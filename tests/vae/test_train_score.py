@@ -1,0 +1,98 @@
+"""Trainer determinism, early stopping, and score determinism."""
+
+import pytest
+import torch
+
+from vae.config import ModelConfig, TrainConfig
+from vae.model import TabularBatch, TabularVAE
+from vae.score import score_rows
+from vae.train import fit
+
+
+def _data(n: int, seed: int) -> TabularBatch:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 1, generator=g)
+    x = torch.cat([z, 2 * z, -z], 1) + 0.1 * torch.randn(n, 3, generator=g)
+    return TabularBatch(x, torch.ones_like(x), (z > 0).long())
+
+
+def _fit(seed: int = 0, epochs: int = 15):
+    m = TabularVAE(ModelConfig.for_data(3, (2,)))
+    h = fit(m, _data(400, 1), _data(100, 2), TrainConfig(max_epochs=epochs, seed=seed, patience=50))
+    return m, h
+
+
+def test_training_is_seeded_and_reproducible():
+    m1, h1 = _fit(seed=3)
+    m2, h2 = _fit(seed=3)
+    assert h1.train_loss == h2.train_loss
+    for p1, p2 in zip(m1.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(p1, p2)
+
+
+def test_training_lowers_the_loss_and_keeps_the_best_epoch():
+    _, h = _fit(epochs=40)
+    assert len(h.train_loss) == len(h.val_loss) == 40
+    assert h.val_loss[h.best_epoch] == min(h.val_loss)
+    assert h.train_loss[-1] < h.train_loss[0] - 1.0
+
+
+def test_early_stopping_stops_before_max_epochs():
+    m = TabularVAE(ModelConfig.for_data(3, (2,)))
+    h = fit(m, _data(200, 1), _data(50, 2), TrainConfig(max_epochs=1000, patience=3, lr=3e-2))
+    assert h.stopped_early and len(h.train_loss) < 1000
+    assert len(h.train_loss) == h.best_epoch + 1 + 3
+
+
+def test_scores_are_deterministic_and_independent_of_batch_mates():
+    m, _ = _fit()
+    data = _data(50, 5)
+    s_all = score_rows(m, data)
+    assert torch.equal(s_all, score_rows(m, data))
+    s_part = score_rows(m, data.rows(slice(10, 20)))
+    assert torch.allclose(s_all[10:20], s_part, rtol=1e-5, atol=1e-5)
+
+
+def test_outlying_rows_score_higher():
+    m, _ = _fit(epochs=40)
+    normal = _data(200, 7)
+    far = TabularBatch(normal.x_num[:20] + torch.tensor([4.0, -4.0, 4.0]), normal.mask_num[:20], normal.x_cat[:20])
+    assert score_rows(m, far).median() > score_rows(m, normal).quantile(0.99)
+
+
+@pytest.mark.parametrize("method", ["elbo", "iwae", "recon"])
+def test_every_score_method_is_finite(method):
+    m, _ = _fit()
+    assert torch.isfinite(score_rows(m, _data(20, 9), method=method)).all()
+
+
+def test_unknown_score_method_is_named():
+    m, _ = _fit(epochs=1)
+    with pytest.raises(ValueError, match=r"score method must be one of .* got 'nope'"):
+        score_rows(m, _data(5, 1), method="nope")
+
+
+def test_model_config_sizes_follow_the_data():
+    small, big = ModelConfig.for_data(4), ModelConfig.for_data(300)
+    assert small.hidden == (32, 16) and small.latent_dim == 2
+    assert big.hidden == (512, 256) and big.latent_dim == 32
+    assert ModelConfig.for_data(4, hidden=(10,), latent_dim=7).hidden == (10,)
+
+
+def test_bad_configs_name_the_value():
+    with pytest.raises(ValueError, match="latent_dim must be >= 1, got 0"):
+        ModelConfig(n_numeric=3, latent_dim=0)
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu' or 'cuda', got 'tpu'"):
+        TrainConfig(device="tpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_with_bf16_and_scores_close_to_cpu():
+    m = TabularVAE(ModelConfig.for_data(3, (2,)))
+    h = fit(m, _data(400, 1), _data(100, 2), TrainConfig(max_epochs=10, device="cuda"))
+    assert h.device.startswith("cuda")
+    data = _data(100, 3)
+    s_gpu = score_rows(m, data).cpu()
+    s_cpu = score_rows(m.to("cpu"), data)
+    assert torch.allclose(s_gpu, s_cpu, rtol=1e-3, atol=1e-3)

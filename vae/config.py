@@ -1,0 +1,138 @@
+"""Configuration dataclasses for the tabular VAE and its trainer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a :class:`vae.model.TabularVAE`.
+
+    Attributes:
+        n_numeric: number of numeric (Gaussian) features.
+        cat_cardinalities: number of known categories of each categorical feature.
+        hidden: widths of the encoder's hidden layers (the decoder mirrors them).
+        latent_dim: size of the latent code z.
+        min_log_var: floor of each numeric feature's learned log-variance, so that a
+            constant or near-constant feature cannot drive the likelihood to infinity.
+    """
+
+    n_numeric: int
+    cat_cardinalities: tuple[int, ...] = ()
+    hidden: tuple[int, ...] = (64, 32)
+    latent_dim: int = 8
+    min_log_var: float = -6.0
+
+    def __post_init__(self) -> None:
+        if self.n_numeric < 0:
+            raise ValueError(f"n_numeric must be >= 0, got {self.n_numeric!r}")
+        if self.n_numeric + len(self.cat_cardinalities) == 0:
+            raise ValueError("a VAE needs at least one feature, got 0 numeric and 0 categorical")
+        if any(k < 1 for k in self.cat_cardinalities):
+            raise ValueError(f"every categorical cardinality must be >= 1, got {self.cat_cardinalities!r}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {self.hidden!r}")
+        if self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim!r}")
+
+    @property
+    def input_dim(self) -> int:
+        """Width of the encoder input: numeric values, their observed-mask, one-hot categories."""
+        return 2 * self.n_numeric + sum(self.cat_cardinalities)
+
+    @classmethod
+    def for_data(
+        cls,
+        n_numeric: int,
+        cat_cardinalities: tuple[int, ...] = (),
+        hidden: tuple[int, ...] | None = None,
+        latent_dim: int | None = None,
+    ) -> ModelConfig:
+        """Size the network from the data, unless sizes are given.
+
+        Rule (documented in the README): with ``d`` the number of encoded input
+        values (numeric + one-hot), the first hidden layer has
+        ``clip(2 * d, 32, 512)`` units, the second half of that (at least 16), and
+        the latent code has ``clip(ceil(d / 4), 2, 32)`` dimensions.
+        """
+        d = n_numeric + sum(cat_cardinalities)
+        if hidden is None:
+            h1 = int(min(max(2 * d, 32), 512))
+            hidden = (h1, max(h1 // 2, 16))
+        if latent_dim is None:
+            latent_dim = int(min(max(math.ceil(d / 4), 2), 32))
+        return cls(
+            n_numeric=n_numeric,
+            cat_cardinalities=tuple(int(k) for k in cat_cardinalities),
+            hidden=tuple(int(h) for h in hidden),
+            latent_dim=int(latent_dim),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        return cls(
+            n_numeric=int(d["n_numeric"]),
+            cat_cardinalities=tuple(int(k) for k in d["cat_cardinalities"]),
+            hidden=tuple(int(h) for h in d["hidden"]),
+            latent_dim=int(d["latent_dim"]),
+            min_log_var=float(d.get("min_log_var", -6.0)),
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`vae.train.fit`.
+
+    Attributes:
+        max_epochs: upper bound on passes over the training rows.
+        batch_size: rows per step; ``None`` picks ``clip(n_train // 32, 64, 1024)``
+            rounded down to a power of two.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        beta: weight of the KL term in the training loss (1.0 = the ELBO).
+        patience: epochs without a better validation loss before stopping.
+        min_delta: relative improvement of the validation loss that counts as better.
+        seed: seeds parameter init, shuffling and the reparameterisation noise.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``.
+        cpu_threads: torch threads while training on the CPU (restored afterwards). 1 by
+            default: for these small networks a second thread gained nothing at batch <= 1024,
+            and made epochs 10-50x slower whenever another process held a core
+            (../shared/NOTES-torch-pyod.md). ``None`` keeps torch's setting.
+    """
+
+    max_epochs: int = 200
+    batch_size: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta: float = 1.0
+    patience: int = 30
+    min_delta: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    cpu_threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta!r}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+    def resolved_batch_size(self, n_train: int) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        b = min(max(n_train // 32, 64), 1024)
+        return 1 << (b.bit_length() - 1)

@@ -1,0 +1,100 @@
+"""Terms of the evidence lower bound, written out.
+
+For a row x with numeric part x_N (observed mask m) and categorical part x_C:
+
+    ELBO(x) = E_{q(z|x)}[ log p(x | z) ] - KL( q(z|x) || p(z) )
+
+    log p(x | z) = sum_{j in N} m_j * log N(x_j; mean_j(z), exp(s_j))
+                 + sum_{j in C, x_j observed} log softmax(logits_j(z))[x_j]
+
+    log N(x; m, exp(s)) = -1/2 * ( log(2 pi) + s + (x - m)^2 / exp(s) )
+
+    KL( N(mu, diag(sigma^2)) || N(0, I) ) = 1/2 * sum_k ( mu_k^2 + sigma_k^2 - 1 - log sigma_k^2 )
+    (Kingma & Welling 2014, Appendix B).
+
+Missing cells (m_j = 0, or a MISSING category code) are left out of the likelihood:
+the masked ELBO. A category never seen in training (UNSEEN) scores as surprising as the
+least likely known category of that feature under the model.
+The training loss is the mean over rows of -(E[log p(x|z)] - beta * KL).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from vae.model import MISSING, UNSEEN, TabularBatch, TabularVAE
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-cell negative log-density of N(mean, exp(log_var)), 0 where mask is 0. Shape of x."""
+    return 0.5 * (_LOG_2PI + log_var + (x - mean) ** 2 * torch.exp(-log_var)) * mask
+
+
+def categorical_nll(codes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """(n,) negative log-probability of each code under softmax(logits) (n, K).
+
+    MISSING contributes 0; UNSEEN contributes -log of the smallest known probability.
+    """
+    log_p = F.log_softmax(logits.float(), dim=1)
+    picked = log_p.gather(1, codes.clamp(min=0).unsqueeze(1)).squeeze(1)
+    nll = torch.where(codes == UNSEEN, -log_p.min(dim=1).values, -picked)
+    return torch.where(codes == MISSING, torch.zeros_like(nll), nll)
+
+
+def kl_standard_normal(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """(n,) KL(N(mu, diag(exp(log_var))) || N(0, I)), closed form."""
+    return 0.5 * torch.sum(mu**2 + torch.exp(log_var) - 1.0 - log_var, dim=1)
+
+
+def feature_nll(model: TabularVAE, batch: TabularBatch, z: torch.Tensor) -> torch.Tensor:
+    """(n, n_numeric + n_categorical) per-feature negative log-likelihood -log p(x_j | z)."""
+    num_mean, logits = model.decode(z)
+    parts = []
+    if model.config.n_numeric:
+        parts.append(gaussian_nll(batch.x_num, num_mean.float(), model.numeric_log_var(), batch.mask_num))
+    for j, lg in enumerate(logits):
+        parts.append(categorical_nll(batch.x_cat[:, j], lg).unsqueeze(1))
+    return torch.cat(parts, dim=1)
+
+
+def negative_elbo(
+    model: TabularVAE, batch: TabularBatch, eps: torch.Tensor, beta: float = 1.0
+) -> torch.Tensor:
+    """(n,) -ELBO per row: Monte Carlo over k reparameterisation draws, KL in closed form.
+
+    Args:
+        eps: (k, n, latent_dim) draws per row, or (k, 1, latent_dim) draws shared by all
+            rows (scoring shares them, so a row's score does not depend on its neighbours).
+        beta: weight of the KL term (1.0 gives the true negative ELBO).
+    """
+    mu, log_var = model.encode(batch)
+    kl = kl_standard_normal(mu.float(), log_var.float())
+    recon = torch.stack(
+        [feature_nll(model, batch, model.reparameterize(mu, log_var, e)).sum(dim=1) for e in eps]
+    ).mean(dim=0)
+    return recon + beta * kl
+
+
+def iwae_log_likelihood(model: TabularVAE, batch: TabularBatch, eps: torch.Tensor) -> torch.Tensor:
+    """(n,) importance-weighted estimate of log p(x) with k draws, eps (k, 1 or n, latent_dim).
+
+    log p(x) ~= log (1/k) sum_i p(x | z_i) p(z_i) / q(z_i | x),  z_i = mu + sigma * eps_i
+    (Burda, Grosse & Salakhutdinov 2016).
+    """
+    mu, log_var = model.encode(batch)
+    mu, log_var = mu.float(), log_var.float()
+    terms = []
+    for e in eps:
+        e = e.expand_as(mu)
+        z = model.reparameterize(mu, log_var, e)
+        log_px = -feature_nll(model, batch, z).sum(dim=1)
+        log_pz = -0.5 * (z**2 + _LOG_2PI).sum(dim=1)
+        log_qz = -0.5 * (e**2 + _LOG_2PI + log_var).sum(dim=1)
+        terms.append(log_px + log_pz - log_qz)
+    stacked = torch.stack(terms)
+    return torch.logsumexp(stacked, dim=0) - math.log(len(terms))
