@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,9 @@ class VAEAnomalyDetector:
         train_config: trainer settings (epochs, batch size, seed, device...).
         score_method: ``elbo`` (negative ELBO), ``iwae`` or ``recon``.
         n_draws: fixed Monte Carlo draws per row for the score.
+        n_models: size of the ensemble: VAEs trained from seeds ``seed, seed+1, ...`` on the
+            same rows; the score is the mean of their scores.
+        min_log_var: floor of the numeric features' learned log-variance (standardised units).
         seed: seeds the split and the trainer.
     """
 
@@ -69,6 +72,8 @@ class VAEAnomalyDetector:
         train_config: TrainConfig | None = None,
         score_method: str = "elbo",
         n_draws: int = 16,
+        n_models: int = 1,
+        min_log_var: float = -6.0,
         seed: int = 0,
     ) -> None:
         self.alpha = alpha
@@ -82,6 +87,8 @@ class VAEAnomalyDetector:
         self.train_config = train_config
         self.score_method = score_method
         self.n_draws = n_draws
+        self.n_models = n_models
+        self.min_log_var = min_log_var
         self.seed = seed
 
     # ----------------------------------------------------------------- fit
@@ -92,6 +99,8 @@ class VAEAnomalyDetector:
             InputError: bad parameters or data (names the problem).
         """
         check_alpha(self.alpha)
+        if self.n_models < 1:
+            raise InputError(f"n_models must be >= 1, got {self.n_models!r}")
         if self.score_method not in SCORE_METHODS:
             raise InputError(f"score_method must be one of {SCORE_METHODS}, got {self.score_method!r}")
         self.schema_ = infer_schema(df, self.id_columns, self.label_column, self.categorical_columns)
@@ -110,18 +119,21 @@ class VAEAnomalyDetector:
             )
         train_f = features.iloc[positions[split.train]]
         self.preprocessor_ = Preprocessor(self.schema_).fit(train_f)
-        self.model_config_ = ModelConfig.for_data(
-            len(self.schema_.numeric), self.preprocessor_.cardinalities, self.hidden, self.latent_dim
+        self.model_config_ = replace(
+            ModelConfig.for_data(len(self.schema_.numeric), self.preprocessor_.cardinalities, self.hidden,
+                                 self.latent_dim),
+            min_log_var=self.min_log_var,
         )
         tc = self.train_config or TrainConfig(seed=self.seed)
-        self.model_ = TabularVAE(self.model_config_)
-        self.history_: TrainHistory = fit(
-            self.model_,
-            self.preprocessor_.transform(train_f),
-            self.preprocessor_.transform(features.iloc[positions[split.val]]),
-            tc,
-        )
-        self.model_.to("cpu")
+        train_b = self.preprocessor_.transform(train_f)
+        val_b = self.preprocessor_.transform(features.iloc[positions[split.val]])
+        self.models_, histories = [], []
+        for i in range(self.n_models):
+            model = TabularVAE(self.model_config_)
+            histories.append(fit(model, train_b, val_b, replace(tc, seed=tc.seed + i)))
+            self.models_.append(model.to("cpu"))
+        self.history_: TrainHistory = histories[0]
+        self.histories_ = histories
         self.calibration_scores_ = self.score_validated(features.iloc[positions[split.cal]])
         self.threshold_ = conformal_threshold(self.calibration_scores_, self.alpha)
         self.n_rows_ = {"train": len(split.train), "val": len(split.val), "cal": len(split.cal),
@@ -138,9 +150,12 @@ class VAEAnomalyDetector:
             yield self.preprocessor_.transform(features.iloc[start : start + SCORE_CHUNK])
 
     def score_validated(self, features: pd.DataFrame) -> np.ndarray:
-        out = [score_rows(self.model_, b, self.score_method, self.n_draws).double().cpu().numpy()
-               for b in self._batches(features)]
+        out = [self._score_batch(b) for b in self._batches(features)]
         return np.concatenate(out) if out else np.zeros(0)
+
+    def _score_batch(self, batch: TabularBatch) -> np.ndarray:
+        member = [score_rows(m, batch, self.score_method, self.n_draws).double().cpu().numpy() for m in self.models_]
+        return np.mean(member, axis=0)
 
     def score_samples(self, df: pd.DataFrame, source: str = "input") -> np.ndarray:
         """(n,) raw anomaly scores, higher = more anomalous; deterministic.
@@ -166,7 +181,8 @@ class VAEAnomalyDetector:
             "alpha": self.alpha, "id_columns": list(self.id_columns), "label_column": self.label_column,
             "categorical_columns": list(self.categorical_columns), "val_fraction": self.val_fraction,
             "cal_fraction": self.cal_fraction, "hidden": self.hidden, "latent_dim": self.latent_dim,
-            "score_method": self.score_method, "n_draws": self.n_draws, "seed": self.seed,
+            "score_method": self.score_method, "n_draws": self.n_draws, "n_models": self.n_models,
+            "min_log_var": self.min_log_var, "seed": self.seed,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -183,11 +199,11 @@ class VAEAnomalyDetector:
             "model_config": self.model_config_.to_dict(),
             "threshold": self.threshold_,
             "n_rows": self.n_rows_,
-            "history": asdict(self.history_),
+            "histories": [asdict(h) for h in self.histories_],
         }
         (d / META_FILE).write_text(json.dumps(meta, indent=1))
         np.save(d / CAL_FILE, self.calibration_scores_)
-        torch.save(self.model_.state_dict(), d / WEIGHTS_FILE)
+        torch.save({f"member{i}": m.state_dict() for i, m in enumerate(self.models_)}, d / WEIGHTS_FILE)
         return d
 
     @classmethod
@@ -212,14 +228,17 @@ class VAEAnomalyDetector:
             det.schema_ = Schema.from_dict(meta["schema"])
             det.preprocessor_ = Preprocessor.from_dict(det.schema_, meta["preprocessor"])
             det.model_config_ = ModelConfig.from_dict(meta["model_config"])
-            det.model_ = TabularVAE(det.model_config_)
             state = torch.load(d / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-            det.model_.load_state_dict(state)
-            det.model_.to(resolve_device(device)).eval()
+            det.models_ = []
+            for i in range(det.n_models):
+                model = TabularVAE(det.model_config_)
+                model.load_state_dict(state[f"member{i}"])
+                det.models_.append(model.to(resolve_device(device)).eval())
             det.threshold_ = float(meta["threshold"])
             det.calibration_scores_ = np.load(d / CAL_FILE, allow_pickle=False)
             det.n_rows_ = meta["n_rows"]
-            det.history_ = TrainHistory(**meta["history"])
+            det.histories_ = [TrainHistory(**h) for h in meta["histories"]]
+            det.history_ = det.histories_[0]
         except ModelError:
             raise
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:

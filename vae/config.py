@@ -90,13 +90,18 @@ class TrainConfig:
     """Settings of :func:`vae.train.fit`.
 
     Attributes:
-        max_epochs: upper bound on passes over the training rows.
+        max_epochs: upper bound on passes over the training rows; ``None`` gives a budget of
+            about ``max_steps`` optimiser steps: ``clip(ceil(max_steps / steps_per_epoch), 20, 2000)``.
+        max_steps: the step budget used when ``max_epochs`` is None.
         batch_size: rows per step; ``None`` picks ``clip(n_train // 32, 64, 1024)``
             rounded down to a power of two.
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         beta: weight of the KL term in the training loss (1.0 = the ELBO).
-        patience: epochs without a better validation loss before stopping.
+        patience: epochs without a better validation loss before stopping; ``None`` gives
+            ``max(30, max_epochs // 10)``.
+        val_trim: fraction of the highest per-row validation losses left out of the
+            early-stopping statistic (0 = the plain mean -ELBO).
         min_delta: relative improvement of the validation loss that counts as better.
         seed: seeds parameter init, shuffling and the reparameterisation noise.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``.
@@ -106,19 +111,21 @@ class TrainConfig:
             (../shared/NOTES-torch-pyod.md). ``None`` keeps torch's setting.
     """
 
-    max_epochs: int = 200
+    max_epochs: int | None = 200
+    max_steps: int = 20000
     batch_size: int | None = None
     lr: float = 1e-3
     weight_decay: float = 0.0
     beta: float = 1.0
-    patience: int = 30
+    patience: int | None = 30
+    val_trim: float = 0.0
     min_delta: float = 1e-4
     seed: int = 0
     device: str = "auto"
     cpu_threads: int | None = 1
 
     def __post_init__(self) -> None:
-        if self.max_epochs < 1:
+        if self.max_epochs is not None and self.max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size!r}")
@@ -126,10 +133,18 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta!r}")
-        if self.patience < 1:
+        if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience!r}")
+        if not 0.0 <= self.val_trim < 0.5:
+            raise ValueError(f"val_trim must be in [0, 0.5), got {self.val_trim!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+    def resolved_epochs(self, n_train: int) -> tuple[int, int]:
+        """(max_epochs, patience) for ``n_train`` training rows."""
+        steps_per_epoch = math.ceil(n_train / self.resolved_batch_size(n_train))
+        epochs = self.max_epochs or int(min(max(math.ceil(self.max_steps / steps_per_epoch), 20), 2000))
+        return epochs, self.patience or max(30, epochs // 10)
 
     def resolved_batch_size(self, n_train: int) -> int:
         if self.batch_size is not None:

@@ -108,3 +108,19 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     frame = build_report(pd.DataFrame({"id": ["a", "b"]}), np.array([1.0, 5.0]), 2.0, ["id"])
     p = write_csv_atomic(frame, tmp_path / "r.csv")
     assert p.read_text() == "row,id,score,threshold,is_anomaly\n0,a,1,2,0\n1,b,5,2,1\n"
+
+
+def test_ensemble_scores_are_the_mean_of_its_members_and_survive_save_load(tmp_path):
+    from vae.config import TrainConfig
+    from vae.score import score_rows
+
+    df, _ = make_table(400, seed=5)
+    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=2,
+                             train_config=TrainConfig(max_epochs=5)).fit(df)
+    assert len(det.models_) == 2 and len(det.histories_) == 2
+    batch = det.batch(df.head(20))
+    members = [score_rows(m, batch).double().numpy() for m in det.models_]
+    assert not np.allclose(members[0], members[1])  # different seeds, different members
+    assert np.allclose(det.score_samples(df.head(20)), np.mean(members, axis=0))
+    det.save(tmp_path / "ens")
+    assert np.array_equal(VAEAnomalyDetector.load(tmp_path / "ens").score_samples(df), det.score_samples(df))

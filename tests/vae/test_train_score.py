@@ -96,3 +96,22 @@ def test_cuda_training_with_bf16_and_scores_close_to_cpu():
     s_gpu = score_rows(m, data).cpu()
     s_cpu = score_rows(m.to("cpu"), data)
     assert torch.allclose(s_gpu, s_cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_automatic_epoch_budget_follows_the_step_budget():
+    cfg = TrainConfig(max_epochs=None, patience=None, max_steps=20000)
+    assert cfg.resolved_epochs(1000) == (1250, 125)  # batch 64 -> 16 steps per epoch
+    assert cfg.resolved_epochs(10_000_000) == (20, 30)  # at least 20 epochs
+    assert TrainConfig(max_epochs=7, patience=3).resolved_epochs(1000) == (7, 3)
+
+
+def test_trimmed_validation_statistic_ignores_the_worst_rows():
+    from vae.score import fixed_eps
+    from vae.train import evaluate
+
+    m, _ = _fit(epochs=5)
+    data = _data(100, 4)
+    far = TabularBatch(torch.cat([data.x_num[:90], data.x_num[90:] + 50.0]), data.mask_num, data.x_cat)
+    eps = fixed_eps(m.config.latent_dim, 4)
+    assert evaluate(m, far, eps, trim=0.1) == pytest.approx(evaluate(m, data.rows(slice(0, 90)), eps), rel=1e-5)
+    assert evaluate(m, far, eps) > evaluate(m, far, eps, trim=0.1) + 10

@@ -1,0 +1,84 @@
+"""Ablation of the VAE detector's settings on the tabular benchmark (our method only).
+
+    python -m benchmarks.ablation [--variants NAME ...] [--datasets NAME ...] [--seeds N] [--out FILE.csv]
+
+Same protocol and splits as ``benchmarks.tabular``; each variant is a set of
+``VAEAnomalyDetector`` keyword arguments (``VARIANTS``). Prints mean AUROC per variant and writes
+one CSV row per variant x dataset x seed. Used to choose the default and recorded in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.tabular import default_data_dir, find_datasets, load_dataset, split
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "iwae": {"score_method": "iwae"},
+    "recon": {"score_method": "recon"},
+    "logvar-4": {"min_log_var": -4.0},
+    "logvar-2": {"min_log_var": -2.0},
+    "ens5": {"n_models": 5},
+}
+
+
+def run_variant(name: str, kwargs: dict[str, Any], x: np.ndarray, y: np.ndarray, seed: int,
+                alpha: float) -> dict[str, Any]:
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.detector import VAEAnomalyDetector
+
+    train_idx, test_idx, y_test = split(y, seed)
+    cols = [f"x{j}" for j in range(x.shape[1])]
+    t0 = time.perf_counter()
+    det = VAEAnomalyDetector(alpha=alpha, seed=seed, **kwargs).fit(pd.DataFrame(x[train_idx], columns=cols))
+    fit_s = time.perf_counter() - t0
+    s = det.score_samples(pd.DataFrame(x[test_idx], columns=cols))
+    flagged = s > det.threshold_
+    return {"variant": name, "seed": seed, "auroc": float(roc_auc_score(y_test, s)),
+            "threshold_fpr": float(flagged[y_test == 0].mean()), "fit_s": fit_s,
+            "epochs": len(det.history_.train_loss), "best_epoch": det.history_.best_epoch}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__.split("\n")[0])
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--datasets", nargs="*", default=None)
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/ablation.csv"))
+    args = p.parse_args(argv)
+    import pandas as pd
+
+    paths = find_datasets(args.data_dir or default_data_dir(), args.datasets)
+    rows = []
+    for path in paths:
+        x, y = load_dataset(path)
+        for name in args.variants:
+            for seed in range(args.seeds):
+                r = {"dataset": path.stem, **run_variant(name, VARIANTS[name], x, y, seed, args.alpha)}
+                rows.append(r)
+                print(f"{path.stem:12s} {name:10s} seed={seed} auroc={r['auroc']:.4f} fpr={r['threshold_fpr']:.3f} "
+                      f"fit={r['fit_s']:.1f}s epochs={r['epochs']} best={r['best_epoch']}", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(args.out, index=False)
+    df = pd.DataFrame(rows)
+    table = df.groupby(["dataset", "variant"])["auroc"].mean().unstack("variant")[args.variants]
+    print(table.round(4).to_string())
+    print("mean AUROC:", table.mean().round(4).to_dict())
+    print("mean fit_s:", df.groupby("variant")["fit_s"].mean().round(2).to_dict())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
