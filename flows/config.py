@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MODEL_URI_PREFIXES = ("models:/", "runs:/")
 
@@ -44,6 +44,24 @@ class ScoreConfig(BaseModel):
     inputs: list[Path] = Field(min_length=1, description="tables to score: CSV or Parquet")
     model: str = Field("models:/vae-anomaly@champion", description="MLflow model URI")
     out: Path = Field(Path("reports"), description="folder for <stem>.anomalies.csv reports")
+    alpha: float | None = Field(None, gt=0, lt=1, description="flag p <= alpha (default: the model's alpha)")
+    fdr: float | None = Field(None, gt=0, lt=1, description="Benjamini-Hochberg over the batch at this level")
+    conditional: float | None = Field(
+        None, gt=0, lt=1, description="delta: calibration-conditional guarantee with probability >= 1 - delta")
+    label_column: str | None = Field(None, description="0/1 column (1 = anomaly) for precision/recall/AUROC")
+    f1_optimal: bool = Field(False, description="with labelled anomalies, flag at the F1-optimal threshold")
+    experiment: str = Field("vae-anomaly-scoring", min_length=1, description="MLflow experiment for batch health")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ScoreConfig:
+        if self.fdr is not None and (self.alpha is not None or self.conditional is not None):
+            raise ValueError("fdr cannot be combined with alpha or conditional: choose one flag rule")
+        if self.f1_optimal and self.label_column is None:
+            raise ValueError("f1_optimal needs label_column")
+        return self
+
+    def rule_kind(self) -> str:
+        return "fdr" if self.fdr is not None else "conditional" if self.conditional is not None else "alpha"
 
     @field_validator("model")
     @classmethod

@@ -3,11 +3,13 @@
     python -m flows.score data/demo/new_batch.csv --model models:/vae-anomaly@champion --out reports/
 
 Each report ``<out>/<input stem>.anomalies.csv`` has one row per input row, in input order:
-``row``, the id columns, ``score``, ``threshold``, ``is_anomaly`` (0/1).
+``row``, the id columns, ``score``, ``threshold``, ``is_anomaly`` (0/1), ``p_value`` (and ``q_value``
+with ``--fdr``); ``<stem>.summary.json`` beside it holds the summary and the batch's health.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,10 @@ from flows.cli import ArgumentParser, run
 from flows.config import ScoreConfig
 from flows.outcome import UserError, user_errors
 from pipeline import scoring
+from pipeline.report import report_path
+from pipeline.rules import FlagRule
+
+log = logging.getLogger(__name__)
 
 
 @task(cache_policy=NO_CACHE)
@@ -33,22 +39,41 @@ def load_model(model_uri: str) -> tracking.ResolvedModel | UserError:
         return UserError.of(e)
 
 
+def flag_rule(config: ScoreConfig, model_alpha: float) -> FlagRule:
+    """The config's flag rule; the model's alpha where none is given."""
+    kind = config.rule_kind()
+    if kind == "fdr":
+        return FlagRule("fdr", float(config.fdr))  # type: ignore[arg-type]
+    return FlagRule(kind, config.alpha or model_alpha, config.conditional)
+
+
 @task(cache_policy=NO_CACHE)
-def score_file(model: tracking.ResolvedModel, path: Path, out: Path) -> dict[str, Any] | UserError:
+def score_file(model: tracking.ResolvedModel, path: Path, config: ScoreConfig) -> dict[str, Any] | UserError:
     try:
-        s = scoring.score_file(model.detector, path, out, model.uri, model.name, model.version)
+        s = scoring.score_file(model.detector, path, config.out, model.uri, model.name, model.version,
+                               rule=flag_rule(config, model.detector.alpha), label_column=config.label_column,
+                               f1_optimal=config.f1_optimal)
+        target = report_path(config.out, path).with_name(f"{Path(path).stem}.summary.json")
+        scoring.write_summary(s, target)
         return s.to_dict()
     except user_errors() as e:
         return UserError.of(e)
 
 
 @task(cache_policy=NO_CACHE)
-def publish_summary(summaries: list[dict[str, Any]], errors: list[str]) -> None:
-    rows = [{k: s[k] for k in ("input", "rows", "flagged", "threshold", "model_name", "model_version",
-                               "input_sha256", "report")} for s in summaries]
+def publish_summary(summaries: list[dict[str, Any]], errors: list[str], experiment: str) -> None:
+    rows = [{"input": s["input"], "rows": s["rows"], "flagged": s["flagged"], "threshold": s["threshold"],
+             "rule": s["rule"], "binomial_p": s["health"]["binomial_pvalue"], "ks_p": s["health"]["ks_pvalue"],
+             "warning": s["health"]["warning"], "model": f"{s['model_name']} v{s['model_version']}",
+             "input_sha256": s["input_sha256"], "report": s["report"]} for s in summaries]
     rows += [{"input": e, "rows": 0, "flagged": 0, "report": "FAILED"} for e in errors]
     create_table_artifact(table=rows, key="score-summary",
-                          description="vae-anomaly: rows scored and flagged per input file")
+                          description="vae-anomaly: rows scored and flagged per input file, and batch health")
+    if summaries:
+        try:
+            tracking.log_scoring(summaries, experiment)
+        except Exception as e:  # the reports are written: a tracking hiccup must not fail the run
+            log.warning("could not log batch health to MLflow: %s", str(e).splitlines()[0][:200])
 
 
 @flow(name="score", log_prints=True)
@@ -57,10 +82,10 @@ def score(config: ScoreConfig) -> list[dict[str, Any]]:
     model = load_model(config.model)
     if isinstance(model, UserError):
         return Failed(message=model.message, data=[model])  # type: ignore[return-value]
-    results = [score_file(model, p, config.out) for p in config.inputs]
+    results = [score_file(model, p, config) for p in config.inputs]
     summaries = [r for r in results if not isinstance(r, UserError)]
     errors = [r for r in results if isinstance(r, UserError)]
-    publish_summary(summaries, [e.message for e in errors])
+    publish_summary(summaries, [e.message for e in errors], config.experiment)
     if errors:
         message = "; ".join(e.message for e in errors)
         return Failed(message=message, data=[*summaries, *errors])  # type: ignore[return-value]
@@ -73,6 +98,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--model", default="models:/vae-anomaly@champion",
                    help="MLflow model URI (default: models:/vae-anomaly@champion)")
     p.add_argument("--out", type=Path, default=Path("reports"), help="report folder (default: reports/)")
+    rule = p.add_argument_group("flag rule (default: p <= the model's alpha)")
+    rule.add_argument("--alpha", type=float, default=None, help="flag rows with conformal p-value <= A")
+    rule.add_argument("--fdr", type=float, default=None, help="Benjamini-Hochberg over the batch at level Q")
+    rule.add_argument("--conditional", type=float, default=None, metavar="DELTA",
+                      help="calibration-conditional p-values: the alpha guarantee holds with probability >= 1-DELTA")
+    p.add_argument("--label-column", default=None, help="0/1 column (1 = anomaly): report precision, recall, AUROC")
+    p.add_argument("--f1-optimal", action="store_true",
+                   help="with labelled anomalies, flag at the F1-optimal threshold")
     return p
 
 
@@ -80,6 +113,15 @@ def print_summary(s: dict[str, Any]) -> None:
     extra = f", AUROC {s['auroc']:.3f}" if s.get("auroc") is not None else ""
     print(f"{s['input']}: flagged {s['flagged']} of {s['rows']} rows "
           f"(threshold {s['threshold']:.4g}, model {s['model_name']} v{s['model_version']}{extra})")
+    print(f"  rule: {s['rule']}")
+    h = s["health"]
+    print(f"  health: binomial p={h['binomial_pvalue']:.3g}, KS p={h['ks_pvalue']:.3g}")
+    if s.get("metrics"):
+        m = s["metrics"]
+        print("  labelled: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                        for k, v in m.items()))
+    for note in s.get("notes", []):
+        print(f"  note: {note}")
     print(f"  report: {s['report']}")
     print(f"  input sha256: {s['input_sha256']}")
 
@@ -88,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        config = ScoreConfig(inputs=args.inputs, model=args.model, out=args.out)
+        config = ScoreConfig(**vars(args))
         state = score(config, return_state=True)
         data = state.result(raise_on_failure=False)
         if state.is_failed() and not (isinstance(data, list) and any(isinstance(d, UserError) for d in data)):

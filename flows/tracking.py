@@ -204,3 +204,22 @@ def load_model(model_uri: str) -> ResolvedModel:
         raise _translate(e, uri) from e
     python_model = model.unwrap_python_model()
     return ResolvedModel(python_model.detector, model_uri, name, version)
+
+
+def log_scoring(summaries: list[dict[str, Any]], experiment: str) -> str:
+    """One MLflow run per scoring run: per-file counts and threshold-health tests. Returns the run id."""
+    import mlflow
+
+    setup(experiment)
+    first = summaries[0]
+    with mlflow.start_run(run_name=f"score {first['model_name']} v{first['model_version']}") as run:
+        mlflow.set_tags({"model_uri": first["model_uri"], "model_name": str(first["model_name"]),
+                         "model_version": str(first["model_version"]), "rule": first["rule"]})
+        for i, s in enumerate(summaries):
+            h = s["health"]
+            mlflow.log_metrics({"rows": s["rows"], "flagged": s["flagged"], "flagged_fraction": s["flagged_fraction"],
+                                "threshold": s["threshold"], "binomial_pvalue": h["binomial_pvalue"],
+                                "ks_statistic": h["ks_statistic"], "ks_pvalue": h["ks_pvalue"],
+                                "shift_warning": float(bool(h["warning"]))}, step=i)
+            mlflow.log_dict(s, f"summaries/{i:04d}-{Path(s['input']).stem}.json")
+        return run.info.run_id

@@ -45,7 +45,8 @@ def conformal_threshold(calibration_scores: np.ndarray, alpha: float) -> float:
             f"alpha={alpha} needs at least {need} calibration rows, got {n}: "
             f"use more training rows or a larger alpha"
         )
-    k = math.ceil((n + 1) * (1.0 - alpha))
+    # The small tolerance keeps k exact when alpha is itself a p-value j / (n + 1).
+    k = max(math.ceil((n + 1) * (1.0 - alpha) - 1e-9), 1)
     return float(s[k - 1])
 
 

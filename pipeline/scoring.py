@@ -1,9 +1,10 @@
-"""Scoring one input file into a report frame and its summary (no orchestration)."""
+"""Scoring one input file into a report and its summary (no orchestration)."""
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,11 @@ import numpy as np
 
 from pipeline.detector import VAEAnomalyDetector
 from pipeline.errors import InputError
+from pipeline.health import batch_health
 from pipeline.io import read_table, sha256_file
+from pipeline.metrics import f1_optimal_threshold, labelled_metrics, labels_from
 from pipeline.report import build_report, report_path, write_csv_atomic
+from pipeline.rules import FlagRule, apply_rule
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,7 @@ class FileSummary:
     flagged: int
     flagged_fraction: float
     threshold: float
+    rule: str
     alpha: float
     input_sha256: str
     model_uri: str
@@ -32,6 +37,9 @@ class FileSummary:
     model_version: str | None
     auroc: float | None
     seconds: float
+    health: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,41 +48,69 @@ class FileSummary:
 def score_file(
     det: VAEAnomalyDetector, path: str | Path, out_dir: str | Path,
     model_uri: str = "", model_name: str | None = None, model_version: str | None = None,
+    rule: FlagRule | None = None, label_column: str | None = None, f1_optimal: bool = False,
 ) -> FileSummary:
     """Score every row of ``path`` and write ``<out_dir>/<stem>.anomalies.csv`` atomically.
 
+    Args:
+        rule: how rows are flagged; default: p <= the model's alpha (its calibrated threshold).
+        label_column: a 0/1 column (1 = anomaly) of the input, for precision/recall/F1/AUROC/AUPRC;
+            defaults to the model's label column when the input has it.
+        f1_optimal: with labels that include anomalies, flag at the F1-optimal threshold instead.
+
     Raises:
-        InputError: unreadable file, schema mismatch (names column and row), or unwritable output.
+        InputError: unreadable file, schema mismatch (names column and row), bad labels or level,
+            or unwritable output.
     """
     t0 = time.perf_counter()
     p = Path(path)
-    digest_before = sha256_file(p) if p.is_file() else ""
+    rule = rule or FlagRule("alpha", det.alpha)
     df = read_table(p, str_columns=det.schema_.id_columns)
+    digest = sha256_file(p)
     features = det.schema_.validate(df, source=str(p))
     scores = det.score_validated(features)
-    report = build_report(df, scores, det.threshold_, det.schema_.id_columns)
+    flags = apply_rule(rule, scores, det.calibration_scores_)
+    is_anomaly, threshold, notes = flags.is_anomaly, flags.threshold, []
+    label = label_column or (det.schema_.label_column if det.schema_.label_column in df.columns else None)
+    y = None
+    if label:
+        if label not in df.columns:
+            raise InputError(f"{p}: label column {label!r} not found")
+        y = labels_from(df[label].to_numpy(), label)
+    if f1_optimal:
+        t = f1_optimal_threshold(y, scores) if y is not None else None
+        if t is None:
+            notes.append("no labelled anomalies in this batch: kept the false-positive-rate rule "
+                         "(an F1-optimal threshold needs labelled anomalies)")
+        else:
+            threshold, is_anomaly = t, (scores > t).astype(np.int64)
+            notes.append(f"flagged at the F1-optimal threshold {t:.6g} found on this batch's labels")
+    metrics = labelled_metrics(y, scores, is_anomaly) if y is not None else None
+    if metrics is not None and metrics["n_labelled_anomalies"] == 0:
+        notes.append("no labelled anomalies in this batch: recall, F1 and AUROC are undefined")
+    report = build_report(df, scores, threshold, det.schema_.id_columns, is_anomaly, flags.p_value, flags.q_value)
     target = report_path(out_dir, p)
     try:
         write_csv_atomic(report, target)
     except OSError as e:
         raise InputError(f"cannot write report {target}: {e.strerror or e}") from e
     flagged = int(report["is_anomaly"].sum())
-    auroc = _auroc(df, det.schema_.label_column, scores)
+    health = batch_health(scores, det.calibration_scores_, flagged, flags.effective_level if rule.kind != "fdr"
+                          else det.alpha)
+    if health.warning:
+        notes.append(health.warning)
     return FileSummary(
         input=str(p), report=str(target), rows=len(report), flagged=flagged,
         flagged_fraction=flagged / len(report) if len(report) else 0.0,
-        threshold=det.threshold_, alpha=det.alpha, input_sha256=digest_before,
+        threshold=float(threshold), rule=rule.describe(), alpha=det.alpha, input_sha256=digest,
         model_uri=model_uri, model_name=model_name, model_version=model_version,
-        auroc=auroc, seconds=time.perf_counter() - t0,
+        auroc=metrics["auroc"] if metrics else None, seconds=time.perf_counter() - t0,
+        health=health.to_dict(), metrics=metrics, notes=notes,
     )
 
 
-def _auroc(df: Any, label_column: str | None, scores: np.ndarray) -> float | None:
-    if not label_column or label_column not in df.columns:
-        return None
-    from sklearn.metrics import roc_auc_score
+def write_summary(summary: FileSummary, path: str | Path) -> Path:
+    """The summary as JSON (``<stem>.summary.json`` beside the report)."""
+    from pipeline.report import write_text_atomic
 
-    y = df[label_column].to_numpy()
-    if len(np.unique(y[~np.isnan(y.astype(float))])) != 2:
-        return None
-    return float(roc_auc_score(y, scores))
+    return write_text_atomic(json.dumps(summary.to_dict(), indent=1, default=str), path)

@@ -58,6 +58,11 @@ def test_score_cli_bad_input_exits_nonzero_with_one_line(case, code, message, re
     assert len(errors) == 1
 
 
+def test_score_cli_conflicting_rules_exit_2(tmp_path, session_home):
+    r = _run(["-m", "flows.score", "x.csv", "--fdr", "0.1", "--alpha", "0.05"], session_home, tmp_path)
+    assert r.returncode == 2 and "fdr cannot be combined with alpha or conditional" in r.stderr
+
+
 def test_cli_usage_errors_exit_2(tmp_path, session_home):
     r = _run(["-m", "flows.train", "--data", "x.csv", "--alpha", "abc"], session_home, tmp_path)
     assert r.returncode == 2 and "invalid float value: 'abc'" in r.stderr

@@ -83,3 +83,38 @@ def test_configs_reject_unknown_fields_and_bad_values():
         TrainConfig(data=Path("x.csv"), alpha=2)
     with pytest.raises(ValueError, match="model must be an MLflow URI"):
         ScoreConfig(inputs=[Path("x.csv")], model="vae-anomaly")
+
+
+def test_score_flow_rules_labels_health_and_summary_json(registered_model, prefect_harness, test_table, tmp_path):
+    df, y = test_table
+    src = tmp_path / "labelled.csv"
+    df.assign(truth=y).to_csv(src, index=False)
+    out = tmp_path / "o"
+    [s] = score(ScoreConfig(inputs=[src], model="models:/test-model@champion", out=out, fdr=0.1,
+                            label_column="truth"))
+    report = pd.read_csv(s["report"])
+    assert list(report.columns)[-2:] == ["p_value", "q_value"]
+    assert report["is_anomaly"].tolist() == (report["q_value"] <= 0.1).astype(int).tolist()
+    assert s["rule"].startswith("Benjamini-Hochberg at 0.1")
+    assert s["metrics"]["n_labelled_anomalies"] == int(y.sum()) and s["metrics"]["auroc"] > 0.8
+    assert set(s["health"]) >= {"binomial_pvalue", "ks_pvalue", "warning"}
+    saved = (out / "labelled.summary.json").read_text()
+    assert '"rule": "Benjamini-Hochberg at 0.1' in saved
+    runs = mlflow.search_runs(experiment_names=["vae-anomaly-scoring"])
+    assert len(runs) >= 1 and "metrics.ks_pvalue" in runs.columns
+
+    [f1] = score(ScoreConfig(inputs=[src], model="models:/test-model@champion", out=out, label_column="truth",
+                             f1_optimal=True))
+    assert any("F1-optimal threshold" in n for n in f1["notes"])
+    assert f1["metrics"]["f1"] >= s["metrics"]["f1"] - 1e-9 or f1["metrics"]["f1"] > 0.5
+
+
+def test_score_flow_f1_optimal_without_anomalies_keeps_the_fpr_rule(registered_model, prefect_harness,
+                                                                   test_table, tmp_path):
+    df, y = test_table
+    src = tmp_path / "normal_only.csv"
+    df[y == 0].assign(truth=0).to_csv(src, index=False)
+    [s] = score(ScoreConfig(inputs=[src], model="models:/test-model@champion", out=tmp_path, label_column="truth",
+                            f1_optimal=True))
+    assert any("no labelled anomalies" in n for n in s["notes"])
+    assert s["flagged"] < 0.2 * s["rows"]  # never falls back to flagging everything

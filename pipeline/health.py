@@ -1,0 +1,54 @@
+"""Threshold health of a scored batch: is it still like the calibration data?
+
+Two tests, reported on every batch:
+- the flagged count against Binomial(m, level): a two-sided exact binomial test; far more flags
+  than expected means the batch holds anomalies or has shifted;
+- a two-sample Kolmogorov-Smirnov test of the batch's scores against the calibration scores.
+A plain warning is raised when either p-value falls below ``warn_below`` (0.01).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+WARN_BELOW = 0.01
+
+
+@dataclass(frozen=True)
+class BatchHealth:
+    rows: int
+    flagged: int
+    expected_rate: float
+    flagged_rate: float
+    binomial_pvalue: float
+    ks_statistic: float
+    ks_pvalue: float
+    warning: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def batch_health(scores: np.ndarray, calibration_scores: np.ndarray, flagged: int, expected_rate: float,
+                 warn_below: float = WARN_BELOW) -> BatchHealth:
+    """Compare a batch's flag count and score distribution with what calibration predicts."""
+    from scipy.stats import binomtest, ks_2samp
+
+    m = len(scores)
+    if m == 0:
+        return BatchHealth(0, 0, expected_rate, 0.0, 1.0, 0.0, 1.0, "")
+    rate = min(max(expected_rate, 0.0), 1.0)
+    binom_p = float(binomtest(int(flagged), m, rate).pvalue) if 0.0 < rate < 1.0 else 1.0
+    ks = ks_2samp(np.asarray(scores, dtype=np.float64), np.asarray(calibration_scores, dtype=np.float64))
+    warnings = []
+    if binom_p < warn_below:
+        warnings.append(f"flagged {flagged} of {m} rows ({flagged / m:.2%}) where about {rate:.2%} was expected "
+                        f"(binomial p={binom_p:.2g})")
+    if ks.pvalue < warn_below:
+        warnings.append(f"scores differ from the calibration scores (KS={ks.statistic:.3f}, p={ks.pvalue:.2g})")
+    warning = ("batch looks shifted from the training data: " + "; ".join(warnings) + ": recalibrate or retrain"
+               if warnings else "")
+    return BatchHealth(m, int(flagged), rate, flagged / m, binom_p, float(ks.statistic), float(ks.pvalue), warning)

@@ -1,0 +1,104 @@
+"""Flag rules with error-rate guarantees (conformal p-values, BH, calibration-conditional) and batch health."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from pipeline.calibrate import conformal_threshold
+from pipeline.errors import InputError
+from pipeline.health import batch_health
+from pipeline.metrics import f1_optimal_threshold, labelled_metrics, labels_from
+from pipeline.rules import FlagRule, apply_rule, bh_q_values, dkw_epsilon, min_rows_conditional
+
+
+def test_alpha_rule_matches_the_calibrated_threshold_and_flags_above_it():
+    rng = np.random.default_rng(0)
+    cal, batch = rng.normal(size=499), rng.normal(size=1000)
+    f = apply_rule(FlagRule("alpha", 0.05), batch, cal)
+    assert f.threshold == conformal_threshold(cal, 0.05)
+    assert np.array_equal(f.is_anomaly, (batch > f.threshold).astype(int))
+    assert np.array_equal(f.is_anomaly, (f.p_value <= 0.05).astype(int))
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.05])
+def test_realised_false_positive_rate_is_inside_the_binomial_interval(alpha):
+    seeds, n_cal, m = 200, 999, 1000
+    flagged = 0
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        flagged += int(apply_rule(FlagRule("alpha", alpha), rng.normal(size=m), rng.normal(size=n_cal))
+                       .is_anomaly.sum())
+    lo, hi = stats.binom.interval(0.99, seeds * m, alpha)
+    # Each seed draws a new calibration set: the realised rate varies a little more than binomial.
+    slack = 3 * np.sqrt(alpha * (1 - alpha) / (n_cal + 2) / seeds) * seeds * m
+    assert lo - slack <= flagged <= hi + slack
+
+
+def test_bh_q_values_match_the_definition():
+    p = np.array([0.01, 0.04, 0.03, 0.2, 0.5])
+    # sorted: .01 .03 .04 .2 .5 -> m p / rank: .05 .075 .0667 .25 .5 -> running min from the right
+    assert bh_q_values(p).round(4).tolist() == [0.05, 0.0667, 0.0667, 0.25, 0.5]
+
+
+def test_bh_controls_the_false_discovery_rate_on_average():
+    q_level, fdps, power = 0.1, [], []
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        cal = rng.normal(size=999)
+        y = np.r_[np.zeros(900), np.ones(100)].astype(int)
+        batch = np.r_[rng.normal(size=900), rng.normal(3.0, 1.0, size=100)]
+        f = apply_rule(FlagRule("fdr", q_level), batch, cal)
+        flagged = f.is_anomaly.astype(bool)
+        fdps.append(((y == 0) & flagged).sum() / max(flagged.sum(), 1))
+        power.append(flagged[y == 1].mean())
+        assert np.array_equal(flagged, f.q_value <= q_level)
+    assert np.mean(fdps) <= q_level + 3 * np.std(fdps) / np.sqrt(len(fdps))
+    assert np.mean(power) > 0.3  # and it finds anomalies
+
+
+def test_conditional_rule_holds_for_most_calibration_sets():
+    alpha, delta, n_cal = 0.05, 0.1, 2000
+    bad = 0
+    for seed in range(200):
+        cal = np.random.default_rng(seed).normal(size=n_cal)
+        f = apply_rule(FlagRule("conditional", alpha, delta), np.zeros(1), cal)
+        bad += (1 - stats.norm.cdf(f.threshold)) > alpha  # the true FPR of this calibration set's threshold
+    assert bad / 200 <= delta
+    assert f.effective_level == pytest.approx(alpha - dkw_epsilon(n_cal, delta))
+
+
+def test_levels_the_calibration_set_cannot_reach_say_how_many_rows_are_needed():
+    cal = np.zeros(50)
+    with pytest.raises(InputError, match=r"alpha=0\.001 needs at least 999 calibration rows .* this model has 50"):
+        apply_rule(FlagRule("alpha", 0.001), np.zeros(3), cal)
+    need = min_rows_conditional(0.05, 0.1)
+    with pytest.raises(InputError, match=f"needs at least {need} calibration rows; this model has 50"):
+        apply_rule(FlagRule("conditional", 0.05, 0.1), np.zeros(3), cal)
+    assert 0.05 - dkw_epsilon(need, 0.1) >= 1 / (need + 1) > 0.05 - dkw_epsilon(need - 1, 0.1) - 1e-12
+    with pytest.raises(InputError, match=r"alpha must be in \(0, 1\), got 0"):
+        FlagRule("alpha", 0)
+
+
+def test_health_is_quiet_on_a_normal_batch_and_warns_on_a_shifted_one():
+    rng = np.random.default_rng(1)
+    cal = rng.normal(size=2000)
+    same = rng.normal(size=1000)
+    ok = batch_health(same, cal, int((same > conformal_threshold(cal, 0.05)).sum()), 0.05)
+    assert ok.warning == "" and ok.ks_pvalue > 0.01
+    shifted = rng.normal(0.7, 1.0, size=1000)
+    h = batch_health(shifted, cal, int((shifted > conformal_threshold(cal, 0.05)).sum()), 0.05)
+    assert h.binomial_pvalue < 1e-6 and h.ks_pvalue < 1e-6
+    assert h.warning.startswith("batch looks shifted") and h.warning.endswith("recalibrate or retrain")
+
+
+def test_labelled_metrics_and_f1_optimal_threshold():
+    y = np.array([0, 0, 0, 1, 1])
+    s = np.array([0.1, 0.2, 0.9, 0.8, 1.0])
+    m = labelled_metrics(y, s, np.array([0, 0, 1, 0, 1]))
+    assert (m["precision"], m["recall"], m["f1"]) == (0.5, 0.5, 0.5)
+    assert m["auroc"] == pytest.approx(5 / 6)
+    t = f1_optimal_threshold(y, s)
+    assert t == pytest.approx(0.2)  # flag 0.8, 0.9, 1.0: F1 = 0.8, the best cut
+    assert f1_optimal_threshold(np.zeros(5, int), s) is None
+    with pytest.raises(InputError, match=r"label column 'y' must hold 0 or 1 \(1 = anomaly\), row 1 holds 'x'"):
+        labels_from(np.array([0, "x"], dtype=object), "y")
