@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -31,8 +32,16 @@ def validation_message(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+DEBUG_ENV = "VAE_ANOMALY_DEBUG"
+
+
 def run(prog: str, body: Callable[[], int]) -> int:
-    """Run ``body``; map known errors to one line on stderr and an exit code."""
+    """Run ``body``; map known errors to one line on stderr and an exit code.
+
+    An unexpected exception (a bug) is one line too, exit 1; with ``VAE_ANOMALY_DEBUG=1`` it is re-raised
+    with its traceback.
+    """
+    from flows.settings import redact
     from pipeline.errors import InputError, ModelError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -42,7 +51,7 @@ def run(prog: str, body: Callable[[], int]) -> int:
         print(f"{prog}: error: {validation_message(e)}", file=sys.stderr)
         return EXIT_INPUT
     except (InputError, ModelError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {redact(one_line(e))}", file=sys.stderr)
         return getattr(e, "exit_code", EXIT_FAILURE)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
@@ -50,6 +59,16 @@ def run(prog: str, body: Callable[[], int]) -> int:
     except Exception as e:
         code = getattr(e, "exit_code", None)
         if code is not None:  # TrackingUnavailable and other errors that carry their own code
-            print(f"{prog}: error: {e}", file=sys.stderr)
+            print(f"{prog}: error: {redact(one_line(e))}", file=sys.stderr)
             return int(code)
-        raise
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"{prog}: error: unexpected {type(e).__name__}: {redact(one_line(e))} "
+              f"(a bug: set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message (at most 500 characters)."""
+    text = str(e).strip()
+    return text.splitlines()[0][:500] if text else type(e).__name__

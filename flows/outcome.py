@@ -17,7 +17,12 @@ class UserError:
 
     @classmethod
     def of(cls, e: Exception) -> UserError:
-        return cls(str(e), int(getattr(e, "exit_code", 1)))
+        """The error's first line, with any credentials of a URI redacted."""
+        from flows.settings import redact
+
+        text = str(e).strip()
+        message = text.splitlines()[0] if text else type(e).__name__
+        return cls(redact(message), int(getattr(e, "exit_code", 1)))
 
 
 def user_errors() -> tuple[type[Exception], ...]:

@@ -12,7 +12,7 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
-from pipeline.detector import VAEAnomalyDetector
+from pipeline.scoring import load_detector, score_features
 
 DETECTOR_ARTIFACT = "detector"
 
@@ -21,11 +21,12 @@ class VAEAnomalyModel(mlflow.pyfunc.PythonModel):
     """Loads the saved detector folder; predict returns scores and flags."""
 
     def load_context(self, context: Any) -> None:
-        self.detector = VAEAnomalyDetector.load(context.artifacts[DETECTOR_ARTIFACT])
+        self.detector = load_detector(context.artifacts[DETECTOR_ARTIFACT])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         # MLflow accepts a pd.DataFrame hint without inferring a schema from it: the logged signature rules.
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        scores = self.detector.score_samples(df)
-        thr = self.detector.threshold_
+        det = self.detector
+        scores = score_features(det, det.schema_.validate(df, source="model input", require_ids=False), "model input")
+        thr = det.threshold_
         return pd.DataFrame({"score": scores, "threshold": thr, "is_anomaly": (scores > thr).astype("int64")})

@@ -23,7 +23,9 @@ from flows import tracking
 from flows.cli import ArgumentParser, run
 from flows.config import ScoreConfig
 from flows.outcome import UserError, user_errors
+from flows.settings import redact
 from pipeline import scoring
+from pipeline.errors import InputError
 from pipeline.report import report_path
 from pipeline.rules import FlagRule
 
@@ -54,7 +56,10 @@ def score_file(model: tracking.ResolvedModel, path: Path, config: ScoreConfig) -
                                rule=flag_rule(config, model.detector.alpha), label_column=config.label_column,
                                f1_optimal=config.f1_optimal)
         target = report_path(config.out, path).with_name(f"{Path(path).stem}.summary.json")
-        scoring.write_summary(s, target)
+        try:
+            scoring.write_summary(s, target)
+        except OSError as e:
+            raise InputError(f"cannot write summary {target}: {e.strerror or e}") from e
         return s.to_dict()
     except user_errors() as e:
         return UserError.of(e)
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 print_summary(s)
         errs = [e for e in items if isinstance(e, UserError)]
         for e in errs:
-            print(f"python -m flows.score: error: {e.message}", file=sys.stderr)
+            print(f"python -m flows.score: error: {redact(e.message)}", file=sys.stderr)
         return max((e.exit_code for e in errs), default=0)
 
     return run("python -m flows.score", body)

@@ -15,7 +15,7 @@ _ENV_DEFAULTS = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",  # per connect/read, not per transfer: 4 tries fail in < 1 min
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "GIT_PYTHON_REFRESH": "quiet",
 }
@@ -48,6 +48,10 @@ def artifact_root() -> Path:
     return project_root() / "mlartifacts"
 
 
-def redact(uri: str) -> str:
-    """``uri`` with any user:password@ credentials replaced by ***."""
-    return re.sub(r"//[^/@]+@", "//***@", uri)
+def redact(text: str) -> str:
+    """``text`` with URL credentials (``//user:password@``) and secret query values replaced by ***.
+
+    Works on a bare URI or on a message that contains URIs.
+    """
+    text = re.sub(r"//[^/\s'\"]*@", "//***@", text)
+    return re.sub(r"(?i)([?&](?:password|passwd|token|secret|key|access_token|sig)=)[^&\s'\"]+", r"\1***", text)

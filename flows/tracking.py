@@ -75,6 +75,11 @@ def _translate(e: Exception, uri: str) -> Exception:
     return e
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return redact(text.splitlines()[0][:200] if text else type(e).__name__)
+
+
 def _pip_requirements() -> list[str]:
     reqs = []
     for name in _REQUIREMENTS:
@@ -197,11 +202,15 @@ def load_model(model_uri: str) -> ResolvedModel:
         if isinstance(t, TrackingUnavailable):
             raise t from e
         raise ModelError(f"model {model_uri} not found in the registry at {redact(uri)}: "
-                         f"{str(e).splitlines()[0][:200]}") from e
-    except (OSError, ModelError) as e:
-        raise ModelError(f"model {model_uri} cannot be loaded: {str(e).splitlines()[0][:200]}") from e
+                         f"{_first_line(e)}") from e
+    except ModelError as e:
+        raise ModelError(f"model {model_uri} cannot be loaded: {_first_line(e)}") from e
     except Exception as e:
-        raise _translate(e, uri) from e
+        t = _translate(e, uri)
+        if isinstance(t, TrackingUnavailable):
+            raise t from e
+        # a corrupt or foreign model folder: never a traceback, never the credentials of the URI
+        raise ModelError(f"model {model_uri} cannot be loaded: {type(e).__name__}: {_first_line(e)}") from e
     python_model = model.unwrap_python_model()
     return ResolvedModel(python_model.detector, model_uri, name, version)
 

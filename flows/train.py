@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -18,17 +19,40 @@ from flows import tracking
 from flows.cli import ArgumentParser, csv_list, run
 from flows.config import TrainConfig
 from flows.outcome import UserError, user_errors
+from pipeline.calibrate import check_alpha, min_calibration_rows
 from pipeline.detector import VAEAnomalyDetector
+from pipeline.errors import InputError
 from pipeline.io import read_table
+from pipeline.schema import most_extreme
+from pipeline.scoring import score_features
+from pipeline.split import MIN_ROWS
 from vae.config import TrainConfig as TrainerConfig
 
 
 @task(cache_policy=NO_CACHE)
 def load_training_data(config: TrainConfig) -> pd.DataFrame | UserError:
     try:
-        return read_table(config.data, str_columns=config.id_columns)
+        df = read_table(config.data, str_columns=config.id_columns)
+        check_enough_rows(len(df), config.alpha, str(config.data))
+        return df
     except user_errors() as e:
         return UserError.of(e)
+
+
+def check_enough_rows(n: int, alpha: float, source: str, cal_fraction: float | None = None) -> None:
+    """Refuse a table too small for ``alpha`` before training, saying how many rows it needs.
+
+    Raises:
+        InputError: fewer rows than the split and the conformal threshold at ``alpha`` need.
+    """
+    check_alpha(alpha)
+    cal_fraction = cal_fraction or VAEAnomalyDetector().cal_fraction  # the flow uses the detector's default
+    need_cal = min_calibration_rows(alpha)
+    need = max(MIN_ROWS, math.ceil(need_cal / cal_fraction))
+    if n < need:
+        raise InputError(f"{source}: {n} rows, but alpha={alpha} needs at least {need_cal} calibration rows, "
+                         f"so at least {need} rows ({cal_fraction:.0%} are held out to calibrate the threshold): "
+                         "give more rows or raise --alpha")
 
 
 @task(cache_policy=NO_CACHE)
@@ -40,9 +64,28 @@ def fit_detector(df: pd.DataFrame, config: TrainConfig) -> VAEAnomalyDetector | 
                                    seed=config.seed, device=config.device),
     )
     try:
-        return det.fit(df)
+        det.fit(df)
+        if not np.isfinite(det.calibration_scores_).all():  # a calibration row's score overflowed
+            source = str(config.data)
+            score_features(det, det.schema_.validate(df, source=source, require_ids=False), source)  # names it
+            raise InputError(f"{source}: some calibration scores are not finite: remove extreme values")
+        return det
     except user_errors() as e:
         return UserError.of(e)
+    except FloatingPointError as e:  # the loss overflowed: almost always a value far outside the rest
+        return UserError.of(InputError(f"{config.data}: training failed ({e}){_extreme_hint(det, df)}"))
+
+
+def _extreme_hint(det: VAEAnomalyDetector, df: pd.DataFrame) -> str:
+    schema = getattr(det, "schema_", None)
+    if schema is None:
+        return ""
+    where = most_extreme(schema.validate(df, source=""), schema.numeric)
+    if where is None or where[3] < 1e6:  # nothing extreme: the hint would mislead
+        return ""
+    column, row, value, dist = where
+    return (f": column {column!r} row {row} holds {value!r}, {dist:.3g} robust standard deviations from its "
+            "median; remove or cap such values")
 
 
 @task(cache_policy=NO_CACHE)

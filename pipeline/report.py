@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,14 +24,16 @@ def report_path(out_dir: str | Path, input_path: str | Path) -> Path:
     return Path(out_dir) / f"{Path(input_path).stem}{REPORT_SUFFIX}"
 
 
+# A plain signed decimal number ("-12.5", "+3e-4") is data, not a formula: it is left as it is.
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# Temporary files of the atomic writer: ".<name>.<pid>.<random>.tmp" beside the target.
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
 def neutralise_cell(v: object) -> object:
     """Prefix a text cell that a spreadsheet would run as a formula with a quote; numbers stay."""
-    if isinstance(v, str) and v.startswith(_FORMULA_START):
-        try:
-            float(v)
-            return v
-        except ValueError:
-            return "'" + v
+    if isinstance(v, str) and v.startswith(_FORMULA_START) and not _NUMBER.fullmatch(v):
+        return "'" + v
     return v
 
 
@@ -66,11 +70,13 @@ def build_report(
 def atomic_writer(path: str | Path) -> Iterator[TextIO]:
     """Open a temporary file beside ``path``; on success fsync and rename it to ``path``.
 
-    A reader never sees a partial file at ``path``; on failure the temporary file is removed.
+    A reader never sees a partial file at ``path``; on failure the temporary file is removed. A
+    process killed mid-write (SIGKILL, power loss) leaves ``.<name>.<pid>.<random>.tmp``: the next
+    successful write of the same ``path`` removes those whose process is gone.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{os.getpid()}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             yield f
@@ -80,6 +86,49 @@ def atomic_writer(path: str | Path) -> Iterator[TextIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(p.parent)
+    remove_stale_temporaries(p)
+
+
+def _fsync_dir(d: Path) -> None:
+    """Make the rename durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove temporary files of ``path`` left by writers that were killed; returns them.
+
+    A temporary file whose writer process is still alive is kept (it may be about to rename it).
+    """
+    p = Path(path)
+    removed = []
+    for tmp in p.parent.glob(f".{glob.escape(p.name)}.*.tmp"):
+        m = _TMP.match(tmp.name)
+        if m and m["name"] == p.name and not _alive(int(m["pid"])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process's own leftovers are never in use after a rename
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
@@ -90,7 +139,39 @@ def write_text_atomic(text: str, path: str | Path) -> Path:
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write ``frame`` as CSV to ``path`` atomically; the bytes depend only on the frame."""
+    """Write ``frame`` as CSV to ``path`` atomically; the bytes depend only on the frame.
+
+    Lines end with ``\n``; floats as ``%.9g``; missing values empty. A text cell is quoted when it
+    holds ``,``, ``"``, ``\n`` or ``\r`` (Python's csv module, with ``\n`` line ends, would leave a
+    lone ``\r`` unquoted and a reader would split the row there).
+    """
+    columns = [_format_column(frame[c]) for c in frame.columns]
+    header = ",".join(_quote(str(c)) for c in frame.columns)
     with atomic_writer(path) as f:
-        frame.to_csv(f, index=False, float_format="%.9g", lineterminator="\n")
+        f.write(header + "\n")
+        for start in range(0, len(frame), 100_000):
+            chunk = zip(*(col[start : start + 100_000] for col in columns), strict=True)
+            f.write("".join(",".join(cells) + "\n" for cells in chunk))
     return Path(path)
+
+
+def _format_column(col: pd.Series) -> list[str]:
+    """One column's CSV cells: floats as %.9g, integers as digits, text quoted where needed."""
+    if pd.api.types.is_float_dtype(col):
+        x = col.to_numpy(dtype=np.float64)
+        cells = np.char.mod("%.9g", x).astype(object)
+        cells[np.isnan(x)] = ""
+        return cells.tolist()
+    if pd.api.types.is_integer_dtype(col) or pd.api.types.is_bool_dtype(col):
+        return [str(int(v)) for v in col.to_numpy()]
+    return ["" if _missing(v) else _quote(str(v)) for v in col.to_numpy(dtype=object)]
+
+
+def _missing(v: object) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+
+
+def _quote(text: str) -> str:
+    if any(ch in text for ch in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text

@@ -6,6 +6,7 @@ Inferred from the training data, saved with the model and enforced at scoring.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import SchemaError
+from pipeline.split import MIN_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class Schema:
         if missing:
             raise SchemaError(
                 f"{source}: missing column(s) {missing}; the model expects {list(required)}"
+                f"{missing_columns_hint([str(c) for c in df.columns], missing, required)}"
             )
         known = {*self.features, *self.id_columns, *([self.label_column] if self.label_column else [])}
         extra = [str(c) for c in df.columns if c not in known]
@@ -73,6 +76,33 @@ class Schema:
         for c in self.categorical:
             out[c] = to_category_text(df[c])
         return out
+
+
+_DELIMITERS = ((";", "';'-separated"), ("\t", "tab-separated"), ("|", "'|'-separated"))
+
+
+def missing_columns_hint(columns: list[str], missing: list[str], required: list[str]) -> str:
+    """Why expected columns may be missing: another delimiter, no header line, or a near-miss name."""
+    if len(columns) == 1 and len(required) > 1:
+        seen = [name for sep, name in _DELIMITERS if sep in columns[0]]
+        looks = f" (the header looks {seen[0]})" if seen else ""
+        return f"; the file has a single column {columns[0][:80]!r}: is the delimiter ','?{looks}"
+    if len(missing) == len(required) and any(_parses_as_number(c) for c in columns):
+        return f"; does the file start with a header line? Its first line reads {columns[:6]}"
+    near = [(m, c) for m in missing for c in columns
+            if c not in required and c.strip().casefold() == m.strip().casefold()]
+    if near:
+        pairs = ", ".join(f"{c!r} for {m!r}" for m, c in near)
+        return f"; found {pairs}: column names are case- and space-sensitive"
+    return ""
+
+
+def _parses_as_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def to_numeric(col: pd.Series, name: str, source: str = "input") -> pd.Series:
@@ -128,9 +158,11 @@ def infer_schema(
     whatever their dtype.
 
     Raises:
-        SchemaError: a named column does not exist, a column is all missing, or a text
+        SchemaError: there are no rows, a named column does not exist, a column is all missing, or a text
             column looks like an identifier (too many distinct values to model).
     """
+    if len(df) == 0:
+        raise SchemaError(f"{source} has no rows (a header line only?): training needs at least {MIN_ROWS} rows")
     named = [*id_columns, *categorical_columns, *([label_column] if label_column else [])]
     absent = [c for c in named if c not in df.columns]
     if absent:
@@ -169,3 +201,31 @@ def infer_schema(
         id_columns=tuple(id_columns),
         label_column=label_column,
     )
+
+
+def most_extreme(
+    features: pd.DataFrame, columns: Sequence[str], center: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+) -> tuple[str, int, float, float] | None:
+    """The numeric cell farthest from ``center`` in units of ``scale``: (column, row, value, distance).
+
+    Args:
+        features: validated features (n_rows, ...); rows are reported as 0-based positions.
+        columns: the numeric columns to look at.
+        center, scale: (n_columns,) per column; default the median and IQR / 1.349 (robust std) of ``features``.
+    """
+    if not columns or len(features) == 0:
+        return None
+    x = features[list(columns)].to_numpy(dtype=np.float64)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: their centre falls back to 0
+        if center is None:
+            center = np.nan_to_num(np.nanmedian(x, axis=0)) if np.isfinite(x).any() else np.zeros(x.shape[1])
+        if scale is None:
+            q = np.nan_to_num(np.nanquantile(x, [0.25, 0.75], axis=0)) if np.isfinite(x).any() else np.ones((2, 1))
+            scale = (q[1] - q[0]) / 1.349
+        scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        d = np.abs(x / scale - center / scale)  # never forms x - center, which overflows near 1e308
+    d = np.where(np.isnan(d), -1.0, d)
+    row, j = np.unravel_index(int(np.argmax(d)), d.shape)
+    return str(columns[j]), int(row), float(x[row, j]), float(d[row, j])

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pipeline.detector import VAEAnomalyDetector
-from pipeline.errors import InputError
+from pipeline.errors import InputError, ModelError
 from pipeline.health import batch_health
 from pipeline.io import read_table, sha256_file
 from pipeline.metrics import f1_optimal_threshold, labelled_metrics, labels_from
 from pipeline.report import build_report, report_path, write_csv_atomic
 from pipeline.rules import FlagRule, apply_rule
+from pipeline.schema import most_extreme
 
 
 @dataclass(frozen=True)
@@ -59,16 +63,18 @@ def score_file(
         f1_optimal: with labels that include anomalies, flag at the F1-optimal threshold instead.
 
     Raises:
-        InputError: unreadable file, schema mismatch (names column and row), bad labels or level,
-            or unwritable output.
+        InputError: unreadable file, schema mismatch (names column and row), a score that overflows,
+            bad labels or level, or unwritable output.
     """
     t0 = time.perf_counter()
     p = Path(path)
     rule = rule or FlagRule("alpha", det.alpha)
+    target = report_path(out_dir, p)
+    ensure_out_dir(target.parent)
     df = read_table(p, str_columns=det.schema_.id_columns)
     digest = sha256_file(p)
     features = det.schema_.validate(df, source=str(p))
-    scores = det.score_validated(features)
+    scores = score_features(det, features, str(p))
     flags = apply_rule(rule, scores, det.calibration_scores_)
     is_anomaly, threshold, notes = flags.is_anomaly, flags.threshold, []
     label = label_column or (det.schema_.label_column if det.schema_.label_column in df.columns else None)
@@ -89,7 +95,6 @@ def score_file(
     if metrics is not None and metrics["n_labelled_anomalies"] == 0:
         notes.append("no labelled anomalies in this batch: recall, F1 and AUROC are undefined")
     report = build_report(df, scores, threshold, det.schema_.id_columns, is_anomaly, flags.p_value, flags.q_value)
-    target = report_path(out_dir, p)
     try:
         write_csv_atomic(report, target)
     except OSError as e:
@@ -107,6 +112,58 @@ def score_file(
         auroc=metrics["auroc"] if metrics else None, seconds=time.perf_counter() - t0,
         health=health.to_dict(), metrics=metrics, notes=notes,
     )
+
+
+def score_features(det: VAEAnomalyDetector, features: pd.DataFrame, source: str = "input") -> np.ndarray:
+    """(n,) scores of validated ``features``; every score is finite.
+
+    Raises:
+        InputError: a row's score overflows (a value far outside the training range, e.g. 1e308):
+            names the row, the column and the value.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected below, row by row
+        scores = det.score_validated(features)
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        i = int(np.argmax(bad))
+        pre = det.preprocessor_
+        where = most_extreme(features.iloc[[i]], det.schema_.numeric, pre.mean_, pre.std_)
+        why = (f"column {where[0]!r} holds {where[2]!r}, {where[3]:.3g} training standard deviations from the "
+               f"training mean" if where else "its values are outside what the model can score")
+        raise InputError(f"{source}: row {i} cannot be scored, its score overflows: {why}; "
+                         "remove or cap such values")
+    return scores
+
+
+def load_detector(path: str | Path) -> VAEAnomalyDetector:
+    """Load a saved detector; a weights file holding anything but tensors is refused, never run.
+
+    Raises:
+        ModelError: the folder is incomplete or unreadable, or its weights hold pickled objects.
+    """
+    try:
+        return VAEAnomalyDetector.load(path)
+    except pickle.UnpicklingError as e:
+        raise ModelError(f"model weights in {path} refused: the file holds pickled objects other than tensors "
+                         "(weights load with torch.load(weights_only=True)); do not use this model") from e
+
+
+def ensure_out_dir(path: str | Path) -> Path:
+    """Create the report folder if needed.
+
+    Raises:
+        InputError: it cannot be created, or is not a writable folder.
+    """
+    d = Path(path)
+    if d.exists() and not d.is_dir():
+        raise InputError(f"output folder {d} exists and is not a folder")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create output folder {d}: {e.strerror or e}") from e
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise InputError(f"output folder {d} is not writable")
+    return d
 
 
 def write_summary(summary: FileSummary, path: str | Path) -> Path:

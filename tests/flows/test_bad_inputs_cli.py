@@ -1,0 +1,105 @@
+"""The bad-input contract as a user meets it: one CLI run over many bad files, one error line per file,
+the documented exit code, no traceback; the train flow's own checks. See docs/bad-inputs.md."""
+
+import pandas as pd
+
+from flows.config import TrainConfig
+from flows.train import check_enough_rows, fit_detector
+from pipeline.errors import InputError
+from tests.conftest import make_table
+from tests.flows.test_cli import _run
+from tests.pipeline.test_bad_inputs import BAD_SCORING_INPUTS, _bad_file
+
+CLI_CASES = ["missing-column", "wrong-type", "inf", "huge", "empty", "no-header", "duplicate-columns", "not-utf8",
+             "semicolon", "unclosed-quote", "truncated-parquet", "not-found"]
+
+
+def test_score_cli_gives_one_error_line_per_bad_file_and_scores_the_good_ones(registered_model, session_home,
+                                                                             tmp_path):
+    bad = [_bad_file(case, tmp_path) for case in CLI_CASES]
+    df, _ = make_table(30, seed=5)
+    good = tmp_path / "good.csv"
+    df.assign(id=["=cmd|' /C calc'!A0", "-7", *df["id"][2:]]).to_csv(good, index=False)
+    header_only = tmp_path / "header-only.csv"
+    header_only.write_text(",".join(df.columns) + "\n")
+    out = tmp_path / "reports"
+    r = _run(["-m", "flows.score", str(good), *map(str, bad), str(header_only), "--model",
+              "models:/test-model@champion", "--out", str(out)], session_home, tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("python -m flows.score: error:")]
+    assert len(errors) == len(CLI_CASES), errors
+    for case in CLI_CASES:  # each file's own line, naming the file
+        assert any(case in line for line in errors), case
+    report = pd.read_csv(out / "good.anomalies.csv", dtype={"id": str}, keep_default_na=False)
+    assert len(report) == 30 and report["id"][:2].tolist() == ["'=cmd|' /C calc'!A0", "-7"]
+    assert (out / "header-only.anomalies.csv").read_text() == "row,id,score,threshold,is_anomaly,p_value\n"
+    assert sorted(p.name for p in out.glob("*.anomalies.csv")) == ["good.anomalies.csv", "header-only.anomalies.csv"]
+    assert set(CLI_CASES) <= set(BAD_SCORING_INPUTS)
+
+
+def test_train_cli_refuses_a_value_that_breaks_training_with_one_line(session_home, tmp_path):
+    df, _ = make_table(200, seed=4)
+    df.loc[17, "b"] = 1e308
+    src = tmp_path / "huge.csv"
+    df.to_csv(src, index=False)
+    r = _run(["-m", "flows.train", "--data", str(src), "--model-name", "never", "--id-columns", "id",
+              "--alpha", "0.1", "--max-epochs", "2"], session_home, tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    [line] = [x for x in r.stderr.splitlines() if x.startswith("python -m flows.train: error:")]
+    # row 17 falls in the calibration part: its score overflows (in the train part, the loss does: see below)
+    assert "huge.csv: row 17 cannot be scored, its score overflows: column 'b' holds 1e+308" in line
+
+
+def test_train_flow_checks_rows_before_training():
+    check_enough_rows(95, 0.05, "t.csv")
+    for n in (0, 1, 94):
+        try:
+            check_enough_rows(n, 0.05, "t.csv")
+        except InputError as e:
+            assert str(e) == (f"t.csv: {n} rows, but alpha=0.05 needs at least 19 calibration rows, so at least 95 "
+                              "rows (20% are held out to calibrate the threshold): give more rows or raise --alpha")
+        else:
+            raise AssertionError(n)
+
+
+def test_fit_task_turns_an_overflowing_loss_into_a_named_input_error(tmp_path):
+    df, _ = make_table(200, seed=4)
+    df.loc[3, "a"] = -1e300
+    err = fit_detector.fn(df, TrainConfig(data=tmp_path / "x.csv", id_columns=["id"], alpha=0.1, max_epochs=2))
+    assert err.exit_code == 2
+    assert "x.csv: training failed" in err.message and "column 'a' row 3 holds -1e+300" in err.message
+
+
+def test_unknown_model_name_alias_or_version_is_a_model_error(registered_model):
+    from flows.tracking import load_model
+    from pipeline.errors import ModelError
+
+    for uri in ("models:/no-such-model@champion", "models:/test-model@nope", "models:/test-model/999"):
+        try:
+            load_model(uri)
+        except ModelError as e:
+            assert f"model {uri} not found in the registry" in str(e) and "\n" not in str(e)
+        else:
+            raise AssertionError(uri)
+
+
+def test_an_unexpected_error_is_one_line_exit_1_unless_debugging(capsys, monkeypatch):
+    from flows.cli import DEBUG_ENV, run
+
+    def bug() -> int:
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    assert run("python -m flows.x", bug) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["python -m flows.x: error: unexpected RuntimeError: boom (a bug: set VAE_ANOMALY_DEBUG=1 for the "
+                   "traceback)"]
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    try:
+        run("python -m flows.x", bug)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("VAE_ANOMALY_DEBUG=1 re-raises")
