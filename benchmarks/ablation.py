@@ -3,7 +3,9 @@
     python -m benchmarks.ablation [--variants NAME ...] [--datasets NAME ...] [--seeds N] [--out FILE.csv]
 
 Same protocol and splits as ``benchmarks.tabular``; each variant is a set of
-``VAEAnomalyDetector`` keyword arguments (``VARIANTS``). Prints mean AUROC per variant and writes
+``VAEAnomalyDetector`` keyword arguments (``VARIANTS``; a ``train`` entry holds ``TrainConfig``
+fields, seeded per run). ``base`` is the current default, ``old`` the default before issue 3.
+Prints mean AUROC per variant and writes
 one CSV row per variant x dataset x seed. Used to choose the default and recorded in BENCHMARKS.md.
 """
 
@@ -20,14 +22,46 @@ import numpy as np
 
 from benchmarks.tabular import default_data_dir, find_datasets, load_dataset, split
 
+# cosine-decayed lr from 3e-3 over the whole budget, no early stop, best validation snapshot after 50 epochs
+_COS: dict[str, Any] = {"lr": 3e-3, "lr_schedule": "cosine", "min_epochs": 50, "patience": 100000}
+
+# KL warm-up over 20 epochs, no early stop before epoch 20
+_KW: dict[str, Any] = {"kl_warmup_epochs": 20, "min_epochs": 20}
+
 VARIANTS: dict[str, dict[str, Any]] = {
-    "base": {},
+    "base": {},  # the current defaults
+    "old": {"n_models": 1, "train": {"kl_warmup_epochs": 0, "min_epochs": 0}},  # defaults before issue 3
     "iwae": {"score_method": "iwae"},
     "recon": {"score_method": "recon"},
     "logvar-4": {"min_log_var": -4.0},
     "logvar-2": {"min_log_var": -2.0},
     "ens5": {"n_models": 5},
+    "logvar0": {"min_log_var": 0.0},
+    "minep50": {"train": {"min_epochs": 50}},
+    "cos3e3": {"train": {"lr": 3e-3, "lr_schedule": "cosine", "min_epochs": 50}},
+    "klwarm": {"train": {"kl_warmup_epochs": 20, "min_epochs": 20}},
+    "fixed200": {"train": {"min_epochs": 200}},
+    "mp50-lv0": {"min_log_var": 0.0, "train": {"min_epochs": 50}},
+    "mp50-lv-1": {"min_log_var": -1.0, "train": {"min_epochs": 50}},
+    "mp50-t": {"likelihood": "student_t", "train": {"min_epochs": 50}},
+    "mp50-lap": {"likelihood": "laplace", "train": {"min_epochs": 50}},
+    "mp50-q": {"scaling": "quantile", "train": {"min_epochs": 50}},
+    "mp50-t-lv0": {"likelihood": "student_t", "min_log_var": 0.0, "train": {"min_epochs": 50}},
+    "kw-e400": {"train": {**_KW, "max_epochs": 400}},
+    "kw-ens3": {"n_models": 3, "train": {**_KW}},
+    "kw-mp50": {"train": {**_KW, "min_epochs": 50}},
+    "kw-lv-2": {"min_log_var": -2.0, "train": {**_KW}},
+    "kw-p50": {"train": {**_KW, "patience": 50, "max_epochs": 300}},
+    "kw-b05": {"train": {**_KW, "beta": 0.5}},
+    "kw-iwae": {"score_method": "iwae", "train": {**_KW}},
+    "kw-recon": {"score_method": "recon", "train": {**_KW}},
+    "c3": {"min_log_var": -1.0, "train": {**_COS}},
+    "c3-kl": {"min_log_var": -1.0, "train": {**_COS, "kl_warmup_epochs": 20}},
+    "c3-lv-2": {"min_log_var": -2.0, "train": {**_COS}},
+    "c3-e400": {"min_log_var": -1.0, "train": {**_COS, "max_epochs": 400}},
+    "c3-s10k": {"min_log_var": -1.0, "train": {**_COS, "max_epochs": None, "max_steps": 10000}},
 }
+"""Each variant: VAEAnomalyDetector keyword arguments; ``train`` holds TrainConfig fields (seeded per run)."""
 
 
 def run_variant(name: str, kwargs: dict[str, Any], x: np.ndarray, y: np.ndarray, seed: int,
@@ -36,7 +70,11 @@ def run_variant(name: str, kwargs: dict[str, Any], x: np.ndarray, y: np.ndarray,
     from sklearn.metrics import roc_auc_score
 
     from pipeline.detector import VAEAnomalyDetector
+    from vae.config import TrainConfig
 
+    kwargs = dict(kwargs)
+    if "train" in kwargs:
+        kwargs["train_config"] = TrainConfig(seed=seed, **kwargs.pop("train"))
     train_idx, test_idx, y_test = split(y, seed)
     cols = [f"x{j}" for j in range(x.shape[1])]
     t0 = time.perf_counter()

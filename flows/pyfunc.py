@@ -12,7 +12,8 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
-from pipeline.scoring import load_detector, score_features
+from pipeline.detector import VAEAnomalyDetector
+from pipeline.scoring import score_features
 
 DETECTOR_ARTIFACT = "detector"
 
@@ -21,7 +22,7 @@ class VAEAnomalyModel(mlflow.pyfunc.PythonModel):
     """Loads the saved detector folder; predict returns scores and flags."""
 
     def load_context(self, context: Any) -> None:
-        self.detector = load_detector(context.artifacts[DETECTOR_ARTIFACT])
+        self.detector = VAEAnomalyDetector.load(context.artifacts[DETECTOR_ARTIFACT])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         # MLflow accepts a pd.DataFrame hint without inferring a schema from it: the logged signature rules.

@@ -55,13 +55,19 @@ def check_enough_rows(n: int, alpha: float, source: str, cal_fraction: float | N
                          "give more rows or raise --alpha")
 
 
+def trainer_config(config: TrainConfig) -> TrainerConfig:
+    """The trainer's defaults, overridden by what the flow's config sets."""
+    given = {"max_epochs": config.max_epochs, "batch_size": config.batch_size}
+    return TrainerConfig(seed=config.seed, device=config.device, trim_fraction=config.trim_fraction,
+                         **{k: v for k, v in given.items() if v is not None})
+
+
 @task(cache_policy=NO_CACHE)
 def fit_detector(df: pd.DataFrame, config: TrainConfig) -> VAEAnomalyDetector | UserError:
     det = VAEAnomalyDetector(
         alpha=config.alpha, id_columns=config.id_columns, label_column=config.label_column,
         categorical_columns=config.categorical_columns, latent_dim=config.latent_dim, seed=config.seed,
-        train_config=TrainerConfig(max_epochs=config.max_epochs, batch_size=config.batch_size,
-                                   seed=config.seed, device=config.device),
+        train_config=trainer_config(config),
     )
     try:
         det.fit(df)
@@ -153,9 +159,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--label-column", default=None, help="0/1 column (1 = anomaly), used only for evaluation")
     p.add_argument("--categorical-columns", type=csv_list, default=[], help="force these columns categorical")
     p.add_argument("--alpha", type=float, default=0.01, help="target false-positive rate (default: 0.01)")
-    p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--max-epochs", type=int, default=None, help="cap on epochs (default: the trainer's budget)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--latent-dim", type=int, default=None)
+    p.add_argument("--trim-fraction", type=float, default=0.0,
+                   help="training data holds some anomalies: leave this fraction of the worst-fitting rows of "
+                        "each batch out of training (default: 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return p

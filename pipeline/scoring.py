@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.detector import VAEAnomalyDetector
-from pipeline.errors import InputError, ModelError
+from pipeline.errors import InputError
 from pipeline.health import batch_health
 from pipeline.io import read_table, sha256_file
 from pipeline.metrics import f1_optimal_threshold, labelled_metrics, labels_from
@@ -133,19 +132,6 @@ def score_features(det: VAEAnomalyDetector, features: pd.DataFrame, source: str 
         raise InputError(f"{source}: row {i} cannot be scored, its score overflows: {why}; "
                          "remove or cap such values")
     return scores
-
-
-def load_detector(path: str | Path) -> VAEAnomalyDetector:
-    """Load a saved detector; a weights file holding anything but tensors is refused, never run.
-
-    Raises:
-        ModelError: the folder is incomplete or unreadable, or its weights hold pickled objects.
-    """
-    try:
-        return VAEAnomalyDetector.load(path)
-    except pickle.UnpicklingError as e:
-        raise ModelError(f"model weights in {path} refused: the file holds pickled objects other than tensors "
-                         "(weights load with torch.load(weights_only=True)); do not use this model") from e
 
 
 def ensure_out_dir(path: str | Path) -> Path:

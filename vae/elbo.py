@@ -9,6 +9,11 @@ For a row x with numeric part x_N (observed mask m) and categorical part x_C:
 
     log N(x; m, exp(s)) = -1/2 * ( log(2 pi) + s + (x - m)^2 / exp(s) )
 
+    or, with ModelConfig.likelihood (scale sigma = exp(s / 2)):
+    log t_nu(x; m, sigma) = lgamma((nu+1)/2) - lgamma(nu/2) - 1/2 log(nu pi) - s/2
+                            - (nu+1)/2 * log(1 + (x - m)^2 / (nu exp(s)))
+    log Laplace(x; m, sigma) = -log 2 - s/2 - |x - m| / sigma
+
     KL( N(mu, diag(sigma^2)) || N(0, I) ) = 1/2 * sum_k ( mu_k^2 + sigma_k^2 - 1 - log sigma_k^2 )
     (Kingma & Welling 2014, Appendix B).
 
@@ -35,6 +40,28 @@ def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, mas
     return 0.5 * (_LOG_2PI + log_var + (x - mean) ** 2 * torch.exp(-log_var)) * mask
 
 
+def student_t_nll(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, mask: torch.Tensor,
+                  nu: float) -> torch.Tensor:
+    """Per-cell negative log-density of a Student-t (nu, location mean, scale exp(log_var / 2))."""
+    const = math.lgamma(nu / 2) - math.lgamma((nu + 1) / 2) + 0.5 * math.log(nu * math.pi)
+    return (const + 0.5 * log_var + 0.5 * (nu + 1) * torch.log1p((x - mean) ** 2 * torch.exp(-log_var) / nu)) * mask
+
+
+def laplace_nll(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-cell negative log-density of a Laplace (location mean, scale exp(log_var / 2))."""
+    return (math.log(2.0) + 0.5 * log_var + (x - mean).abs() * torch.exp(-0.5 * log_var)) * mask
+
+
+def numeric_nll(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, mask: torch.Tensor,
+                likelihood: str = "gaussian", nu: float = 4.0) -> torch.Tensor:
+    """Per-cell negative log-density of the chosen numeric likelihood, 0 where mask is 0."""
+    if likelihood == "student_t":
+        return student_t_nll(x, mean, log_var, mask, nu)
+    if likelihood == "laplace":
+        return laplace_nll(x, mean, log_var, mask)
+    return gaussian_nll(x, mean, log_var, mask)
+
+
 def categorical_nll(codes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """(n,) negative log-probability of each code under softmax(logits) (n, K).
 
@@ -56,7 +83,9 @@ def feature_nll(model: TabularVAE, batch: TabularBatch, z: torch.Tensor) -> torc
     num_mean, logits = model.decode(z)
     parts = []
     if model.config.n_numeric:
-        parts.append(gaussian_nll(batch.x_num, num_mean.float(), model.numeric_log_var(), batch.mask_num))
+        cfg = model.config
+        parts.append(numeric_nll(batch.x_num, num_mean.float(), model.numeric_log_var(), batch.mask_num,
+                                 cfg.likelihood, cfg.nu))
     for j, lg in enumerate(logits):
         parts.append(categorical_nll(batch.x_cat[:, j], lg).unsqueeze(1))
     return torch.cat(parts, dim=1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -50,6 +51,16 @@ def _optimizer(model: TabularVAE, cfg: TrainConfig, device: torch.device) -> tor
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Per-step lr schedule: cosine decay lr_t = lr * (1 + cos(pi * t / T)) / 2, or None (constant)."""
+    if cfg.lr_schedule != "cosine":
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t / max(total_steps, 1), 1.0))))
 
 
 @torch.no_grad()
@@ -111,11 +122,13 @@ def _fit(
     max_epochs, patience = cfg.resolved_epochs(len(train))
     val_eps = fixed_eps(model.config.latent_dim, k=4, device=device)
     hist = TrainHistory(device=str(device), batch_size=bs)
+    sched = _scheduler(opt, cfg, max_epochs * math.ceil(len(train) / bs))
     best_state = copy.deepcopy(model.state_dict())
     bad_epochs, t0, seen = 0, time.perf_counter(), 0
     n, latent = len(train), model.config.latent_dim
     for epoch in range(max_epochs):
         model.train()
+        beta = cfg.beta * min(1.0, (epoch + 1) / cfg.kl_warmup_epochs) if cfg.kl_warmup_epochs else cfg.beta
         order = torch.randperm(n, device=device, generator=gen)
         eps_all = torch.randn((n, latent), device=device, generator=gen)
         epoch_loss = torch.zeros((), device=device)
@@ -123,17 +136,25 @@ def _fit(
             idx = order[start : start + bs]
             part = train.rows(idx)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss_rows = negative_elbo(model, part, eps_all[idx].unsqueeze(0), beta=cfg.beta)
+                loss_rows = negative_elbo(model, part, eps_all[idx].unsqueeze(0), beta=beta)
+            if cfg.trim_fraction > 0:  # contaminated training data: drop the worst-fitting rows of the batch
+                keep = max(int(len(idx) * (1.0 - cfg.trim_fraction)), 1)
+                loss_rows = torch.topk(loss_rows, keep, largest=False).values
             loss = loss_rows.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             epoch_loss += loss.detach() * len(idx)
         seen += n
         hist.train_loss.append(float(epoch_loss) / n)
         v = evaluate(model, val, val_eps, trim=cfg.val_trim)
         hist.val_loss.append(v)
-        if v < hist.best_val_loss - cfg.min_delta * abs(hist.best_val_loss) or hist.best_epoch < 0:
+        # Up to min_epochs every epoch replaces the snapshot and resets the best-so-far loss,
+        # so neither early stopping nor the restored weights can come from the early plateau.
+        warm = epoch + 1 <= cfg.min_epochs
+        if warm or v < hist.best_val_loss - cfg.min_delta * abs(hist.best_val_loss) or hist.best_epoch < 0:
             hist.best_val_loss, hist.best_epoch, bad_epochs = v, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:

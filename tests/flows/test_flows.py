@@ -118,3 +118,14 @@ def test_score_flow_f1_optimal_without_anomalies_keeps_the_fpr_rule(registered_m
                             f1_optimal=True))
     assert any("no labelled anomalies" in n for n in s["notes"])
     assert s["flagged"] < 0.2 * s["rows"]  # never falls back to flagging everything
+
+
+def test_train_config_maps_onto_the_trainer_defaults():
+    from flows.train import trainer_config
+    from vae.config import TrainConfig as TrainerConfig
+
+    cfg = trainer_config(TrainConfig(data=Path("x.csv"), trim_fraction=0.05, seed=3))
+    default = TrainerConfig(seed=3)
+    assert cfg.trim_fraction == 0.05 and cfg.seed == 3
+    assert (cfg.max_epochs, cfg.batch_size, cfg.lr) == (default.max_epochs, default.batch_size, default.lr)
+    assert trainer_config(TrainConfig(data=Path("x.csv"), max_epochs=7)).max_epochs == 7

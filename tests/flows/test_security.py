@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from flows.settings import redact
+from pipeline.detector import VAEAnomalyDetector
 from pipeline.errors import ModelError
-from pipeline.scoring import load_detector, score_file
+from pipeline.scoring import score_file
 from tests.conftest import make_table
 from tests.flows.test_cli import _run
 
@@ -50,7 +51,7 @@ def test_formula_ids_are_neutralised_through_the_score_path_and_numbers_are_not(
 def test_weights_that_would_run_code_are_refused_not_run(fitted_detector, tmp_path):
     folder, marker = _poisoned_model(fitted_detector, tmp_path)
     with pytest.raises(ModelError, match=r"model weights in .*poisoned refused: the file holds pickled objects"):
-        load_detector(folder)
+        VAEAnomalyDetector.load(folder)
     assert not marker.exists()
     from flows.pyfunc import DETECTOR_ARTIFACT, VAEAnomalyModel
 

@@ -71,3 +71,22 @@ def test_split_is_disjoint_and_seeded():
     assert np.array_equal(s.cal, split_rows(100, 0.15, 0.2, seed=1).cal)
     with pytest.raises(InputError, match="training needs at least 10 rows, got 5"):
         split_rows(5, 0.15, 0.2, seed=0)
+
+
+def test_quantile_scaling_is_monotone_gaussian_and_extrapolates_linearly():
+    schema = Schema(numeric=("x",), categorical=())
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"x": rng.lognormal(size=2000)})
+    pre = Preprocessor(schema, scaling="quantile").fit(train)
+    z = pre.transform(train).x_num[:, 0].numpy()
+    assert abs(z.mean()) < 0.05 and abs(z.std() - 1.0) < 0.05  # heavy tail made Gaussian
+    far = pd.DataFrame({"x": [train.x.max() * 2, train.x.max() * 4]})
+    zf = pre.transform(far).x_num[:, 0].numpy()
+    assert z.max() < zf[0] < zf[1]  # beyond the training range: still increasing, no clipping
+    back = Preprocessor.from_dict(schema, pre.to_dict())
+    assert np.array_equal(back.transform(far).x_num.numpy(), pre.transform(far).x_num.numpy())
+
+
+def test_unknown_scaling_is_rejected():
+    with pytest.raises(ValueError, match="scaling must be 'standard' or 'quantile'"):
+        Preprocessor(Schema(numeric=("x",), categorical=()), scaling="minmax").fit(pd.DataFrame({"x": [1.0]}))

@@ -80,3 +80,31 @@ def test_iwae_bound_is_at_least_the_mean_single_draw_bound():
     iwae_k = iwae_log_likelihood(m, batch, eps)
     singles = torch.stack([iwae_log_likelihood(m, batch, e.unsqueeze(0)) for e in eps]).mean(0)
     assert torch.all(iwae_k >= singles - 1e-5)  # log-mean-exp >= mean-log (Jensen)
+
+
+@pytest.mark.parametrize("likelihood", ["student_t", "laplace"])
+def test_heavy_tailed_nll_matches_torch_distributions(likelihood):
+    from torch.distributions import Laplace, StudentT
+
+    from vae.elbo import numeric_nll
+
+    x = torch.tensor([[0.3, -2.0, 7.0]])
+    mean = torch.tensor([[0.1, 0.5, 0.0]])
+    log_var = torch.tensor([0.4, -1.0, 0.0])
+    got = numeric_nll(x, mean, log_var, torch.ones_like(x), likelihood, nu=4.0)
+    scale = torch.exp(0.5 * log_var)
+    dist = StudentT(4.0, mean, scale) if likelihood == "student_t" else Laplace(mean, scale)
+    assert torch.allclose(got, -dist.log_prob(x), rtol=1e-5)
+    assert numeric_nll(x, mean, log_var, torch.zeros_like(x), likelihood).abs().sum() == 0.0
+
+
+def test_student_t_penalises_a_far_value_less_than_the_gaussian():
+    from vae.elbo import numeric_nll
+
+    x, zero, one = torch.tensor([[10.0]]), torch.zeros(1, 1), torch.ones(1, 1)
+    assert numeric_nll(x, zero, torch.zeros(1), one, "student_t") < gaussian_nll(x, zero, torch.zeros(1), one)
+
+
+def test_unknown_likelihood_is_rejected():
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        ModelConfig(n_numeric=1, likelihood="cauchy")

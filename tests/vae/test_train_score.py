@@ -115,3 +115,28 @@ def test_trimmed_validation_statistic_ignores_the_worst_rows():
     eps = fixed_eps(m.config.latent_dim, 4)
     assert evaluate(m, far, eps, trim=0.1) == pytest.approx(evaluate(m, data.rows(slice(0, 90)), eps), rel=1e-5)
     assert evaluate(m, far, eps) > evaluate(m, far, eps, trim=0.1) + 10
+
+
+def test_min_epochs_keeps_training_past_an_early_plateau():
+    m = TabularVAE(ModelConfig.for_data(3, (2,)))
+    cfg = TrainConfig(max_epochs=1000, patience=3, lr=3e-2, min_epochs=40)
+    h = fit(m, _data(200, 1), _data(50, 2), cfg)
+    assert h.best_epoch >= 39 and len(h.train_loss) >= 43
+
+
+def test_cosine_schedule_and_kl_warmup_are_seeded_and_finish():
+    cfg = TrainConfig(max_epochs=12, patience=100, lr_schedule="cosine", kl_warmup_epochs=5, seed=1)
+    runs = []
+    for _ in range(2):
+        m = TabularVAE(ModelConfig.for_data(3, (2,)))
+        runs.append(fit(m, _data(400, 1), _data(100, 2), cfg).train_loss)
+    assert runs[0] == runs[1] and len(runs[0]) == 12
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"lr_schedule": "step"}, "lr_schedule must be"),
+    ({"min_epochs": -1}, "min_epochs and kl_warmup_epochs must be >= 0"),
+])
+def test_bad_schedule_settings_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
