@@ -4,7 +4,9 @@ Two tests, reported on every batch:
 - the flagged count against Binomial(m, level): a two-sided exact binomial test; far more flags
   than expected means the batch holds anomalies or has shifted;
 - a two-sample Kolmogorov-Smirnov test of the batch's scores against the calibration scores.
-A plain warning is raised when either p-value falls below ``warn_below`` (0.01).
+A plain warning is raised when either p-value falls below ``warn_below`` (0.01): a shifted score
+distribution (KS) says "recalibrate or retrain"; an excess of flags alone, with the bulk of the scores
+still like calibration, says the batch holds many anomalies or has shifted.
 """
 
 from __future__ import annotations
@@ -43,12 +45,16 @@ def batch_health(scores: np.ndarray, calibration_scores: np.ndarray, flagged: in
     rate = min(max(expected_rate, 0.0), 1.0)
     binom_p = float(binomtest(int(flagged), m, rate).pvalue) if 0.0 < rate < 1.0 else 1.0
     ks = ks_2samp(np.asarray(scores, dtype=np.float64), np.asarray(calibration_scores, dtype=np.float64))
-    warnings = []
-    if binom_p < warn_below:
-        warnings.append(f"flagged {flagged} of {m} rows ({flagged / m:.2%}) where about {rate:.2%} was expected "
-                        f"(binomial p={binom_p:.2g})")
+    excess = (f"flagged {flagged} of {m} rows ({flagged / m:.2%}) where about {rate:.2%} was expected "
+              f"(binomial p={binom_p:.2g})")
     if ks.pvalue < warn_below:
-        warnings.append(f"scores differ from the calibration scores (KS={ks.statistic:.3f}, p={ks.pvalue:.2g})")
-    warning = ("batch looks shifted from the training data: " + "; ".join(warnings) + ": recalibrate or retrain"
-               if warnings else "")
+        warning = (f"batch looks shifted from the training data: its scores differ from the calibration scores "
+                   f"(KS={ks.statistic:.3f}, p={ks.pvalue:.2g})" + (f"; {excess}" if binom_p < warn_below else "")
+                   + ": recalibrate or retrain")
+    elif binom_p < warn_below:
+        # The bulk of the scores still matches calibration: many anomalies is as likely as a shift.
+        warning = (f"{excess}: this batch holds more anomalies than the false-positive rate explains; if most "
+                   "flagged rows look normal, it has shifted: recalibrate or retrain")
+    else:
+        warning = ""
     return BatchHealth(m, int(flagged), rate, flagged / m, binom_p, float(ks.statistic), float(ks.pvalue), warning)

@@ -89,6 +89,11 @@ def test_health_is_quiet_on_a_normal_batch_and_warns_on_a_shifted_one():
     h = batch_health(shifted, cal, int((shifted > conformal_threshold(cal, 0.05)).sum()), 0.05)
     assert h.binomial_pvalue < 1e-6 and h.ks_pvalue < 1e-6
     assert h.warning.startswith("batch looks shifted") and h.warning.endswith("recalibrate or retrain")
+    # Many anomalies in an otherwise normal batch: an excess of flags, the bulk of the scores unchanged.
+    mixed = np.r_[rng.normal(size=960), rng.normal(6.0, 1.0, size=40)]
+    a = batch_health(mixed, cal, int((mixed > conformal_threshold(cal, 0.01)).sum()), 0.01)
+    assert a.binomial_pvalue < 0.01 and a.ks_pvalue > 0.01
+    assert "holds more anomalies than the false-positive rate explains" in a.warning
 
 
 def test_labelled_metrics_and_f1_optimal_threshold():
