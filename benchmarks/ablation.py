@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.tabular import default_data_dir, find_datasets, load_dataset, split
+from benchmarks.tabular import add_protocol_arguments, default_data_dir, find_datasets, load_dataset, split
 
 # cosine-decayed lr from 3e-3 over the whole budget, no early stop, best validation snapshot after 50 epochs
 _COS: dict[str, Any] = {"lr": 3e-3, "lr_schedule": "cosine", "min_epochs": 50, "patience": 100000}
@@ -91,10 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__.split("\n")[0])
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--datasets", nargs="*", default=None)
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/ablation.csv"))
+    add_protocol_arguments(p, Path("benchmarks/results/ablation.csv"))
     args = p.parse_args(argv)
     import pandas as pd
 

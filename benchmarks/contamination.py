@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.tabular import default_data_dir, find_datasets, load_dataset, split
+from benchmarks.tabular import add_protocol_arguments, default_data_dir, find_datasets, load_dataset, split
 
 
 def contaminated_split(y: np.ndarray, seed: int, rate: float) -> tuple[np.ndarray, np.ndarray, int]:
@@ -55,10 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.contamination", description=__doc__.split("\n")[0])
     p.add_argument("--contamination", type=float, default=0.05)
     p.add_argument("--datasets", nargs="*", default=None)
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/contamination.csv"))
+    add_protocol_arguments(p, Path("benchmarks/results/contamination.csv"))
     args = p.parse_args(argv)
     import pandas as pd
 

@@ -296,17 +296,22 @@ def environment(argv: Sequence[str], threads: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ CLI
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.tabular",
-        description="Benchmark vae-anomaly against pyod's VAE, kNN and IsolationForest on tabular *.npz data.",
-    )
+def add_protocol_arguments(p: argparse.ArgumentParser, default_out: Path) -> None:
+    """The options every tabular benchmark shares: data folder, seeds, alpha, output file."""
     p.add_argument("--data-dir", type=Path, default=None,
                    help=f"folder of *.npz files (X, y; y=1 anomaly); default ${DATA_ENV} or {DEFAULT_DATA_DIR}")
     p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="number of seeds, 0..N-1 (default 3)")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help="target false-positive rate of every threshold (default 0.05)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"result CSV (default {DEFAULT_OUT})")
+    p.add_argument("--out", type=Path, default=default_out, help=f"result CSV (default {default_out})")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.tabular",
+        description="Benchmark vae-anomaly against pyod's VAE, kNN and IsolationForest on tabular *.npz data.",
+    )
+    add_protocol_arguments(p, DEFAULT_OUT)
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), metavar="METHOD",
                    help=f"methods to run (default all: {' '.join(METHODS)})")
     p.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
