@@ -99,8 +99,11 @@ def score_file(
     except OSError as e:
         raise InputError(f"cannot write report {target}: {e.strerror or e}") from e
     flagged = int(report["is_anomaly"].sum())
-    health = batch_health(scores, det.calibration_scores_, flagged, flags.effective_level if rule.kind != "fdr"
-                          else det.alpha)
+    # Health asks whether the calibration still holds, whatever the flag rule: rows with p <= level
+    # against Binomial(rows, level), at the rule's level (the model's alpha for BH, whose own flag
+    # count has no fixed expected rate).
+    level = det.alpha if rule.kind == "fdr" else flags.effective_level
+    health = batch_health(scores, det.calibration_scores_, int((flags.p_value <= level).sum()), level)
     if health.warning:
         notes.append(health.warning)
     return FileSummary(
