@@ -11,7 +11,7 @@ import json
 import logging
 import pickle
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,8 @@ from pipeline.preprocess import Preprocessor
 from pipeline.schema import Schema, infer_schema
 from pipeline.split import split_rows
 from vae.config import ModelConfig, TrainConfig
-from vae.model import TabularBatch, TabularVAE
-from vae.score import SCORE_METHODS, score_rows
+from vae.model import MISSING, TabularBatch, TabularVAE
+from vae.score import SCORE_METHODS, feature_contributions, score_rows
 from vae.train import TrainHistory, fit, resolve_device
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,26 @@ WEIGHTS_FILE = "weights.pt"
 META_FILE = "detector.json"
 CAL_FILE = "calibration_scores.npy"
 SCORE_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Per-feature attribution of rows, features in schema order (numeric, then categorical).
+
+    Attributes:
+        nll: (n, n_features) -log p(x_j | z = mu(x)), mean over the ensemble.
+        excess: (n, n_features) nll above the median of normal calibration rows, floored at 0;
+            a feature's share of a row's anomaly is its excess over the row's total excess.
+        expected_numeric: (n, n_numeric) the decoded mean of each numeric feature, in data units,
+            with the row's top feature (largest excess) masked out of the encoder input, so that
+            for that feature it is the model's expectation given the other features.
+        likely_codes: per categorical feature, (n,) the code of the most likely category (same masking).
+    """
+
+    nll: np.ndarray
+    excess: np.ndarray
+    expected_numeric: np.ndarray
+    likely_codes: list[np.ndarray]
 
 
 class VAEAnomalyDetector:
@@ -146,7 +166,10 @@ class VAEAnomalyDetector:
             self.models_.append(model.to("cpu"))
         self.history_: TrainHistory = histories[0]
         self.histories_ = histories
-        self.calibration_scores_ = self.score_validated(features.iloc[positions[split.cal]])
+        cal_features = features.iloc[positions[split.cal]]
+        self.calibration_scores_ = self.score_validated(cal_features)
+        # A typical normal row's per-feature NLL: attribution reports each feature's excess over it.
+        self.feature_nll_baseline_ = np.median(self._explain(cal_features).nll, axis=0)
         self.threshold_ = conformal_threshold(self.calibration_scores_, self.alpha)
         self.n_rows_ = {"train": len(split.train), "val": len(split.val), "cal": len(split.cal),
                         "excluded_anomalies": int((~normal).sum())}
@@ -164,6 +187,42 @@ class VAEAnomalyDetector:
     def score_validated(self, features: pd.DataFrame) -> np.ndarray:
         out = [self._score_batch(b) for b in self._batches(features)]
         return np.concatenate(out) if out else np.zeros(0)
+
+    def explain_validated(self, features: pd.DataFrame) -> Explanation:
+        """Per-feature attribution of validated rows (see :class:`Explanation`)."""
+        self._check_fitted()
+        return self._explain(features)
+
+    def _explain(self, features: pd.DataFrame) -> Explanation:
+        parts = [self._explain_batch(b) for b in self._batches(features)]
+        if not parts:
+            k = len(self.schema_.features)
+            return Explanation(np.zeros((0, k)), np.zeros((0, k)), np.zeros((0, len(self.schema_.numeric))),
+                               [np.zeros(0, dtype=np.int64) for _ in self.schema_.categorical])
+        return Explanation(
+            np.concatenate([p.nll for p in parts]), np.concatenate([p.excess for p in parts]),
+            np.concatenate([p.expected_numeric for p in parts]),
+            [np.concatenate([p.likely_codes[j] for p in parts]) for j in range(len(self.schema_.categorical))],
+        )
+
+    def _explain_batch(self, batch: TabularBatch) -> Explanation:
+        nll = np.mean([feature_contributions(m, batch)[0] for m in self.models_], axis=0)
+        baseline = getattr(self, "feature_nll_baseline_", None)
+        excess = np.maximum(nll - (baseline if baseline is not None else 0.0), 0.0)
+        # What the model expects for each row's top feature given the *other* features: that cell is
+        # masked out (left out of the encoder input), then decoded at the posterior mean.
+        top = excess.argmax(axis=1)
+        n_num = self.model_config_.n_numeric
+        rows = np.arange(len(top))
+        mask, codes = batch.mask_num.clone(), batch.x_cat.clone()
+        num_rows = top < n_num
+        mask[rows[num_rows], top[num_rows]] = 0.0
+        codes[rows[~num_rows], top[~num_rows] - n_num] = MISSING
+        masked = TabularBatch(batch.x_num, mask, codes)
+        members = [feature_contributions(m, masked) for m in self.models_]
+        expected = self.preprocessor_.inverse_numeric(np.mean([m[1] for m in members], axis=0))
+        likely = list(members[0][2])  # the first member's most likely category
+        return Explanation(nll, excess, expected, likely)
 
     def _score_batch(self, batch: TabularBatch) -> np.ndarray:
         member = [score_rows(m, batch, self.score_method, self.n_draws).double().cpu().numpy() for m in self.models_]
@@ -211,6 +270,8 @@ class VAEAnomalyDetector:
             "preprocessor": self.preprocessor_.to_dict(),
             "model_config": self.model_config_.to_dict(),
             "threshold": self.threshold_,
+            "feature_nll_baseline": (None if self.feature_nll_baseline_ is None
+                                     else [float(v) for v in self.feature_nll_baseline_]),
             "n_rows": self.n_rows_,
             "histories": [asdict(h) for h in self.histories_],
         }
@@ -249,6 +310,8 @@ class VAEAnomalyDetector:
                 det.models_.append(model.to(resolve_device(device)).eval())
             det.threshold_ = float(meta["threshold"])
             det.calibration_scores_ = np.load(d / CAL_FILE, allow_pickle=False)
+            baseline = meta.get("feature_nll_baseline")  # absent in models saved before attribution existed
+            det.feature_nll_baseline_ = None if baseline is None else np.asarray(baseline, dtype=np.float64)
             det.n_rows_ = meta["n_rows"]
             det.histories_ = [TrainHistory(**h) for h in meta["histories"]]
             det.history_ = det.histories_[0]

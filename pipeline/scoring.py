@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.attribution import attribution_columns
 from pipeline.detector import VAEAnomalyDetector
 from pipeline.errors import InputError
 from pipeline.health import batch_health
 from pipeline.io import read_table, sha256_file
 from pipeline.metrics import f1_optimal_threshold, labelled_metrics, labels_from
-from pipeline.report import build_report, report_path, write_csv_atomic
+from pipeline.report import build_report, neutralise_cell, report_path, write_csv_atomic
 from pipeline.rules import FlagRule, apply_rule
 from pipeline.schema import most_extreme
 
@@ -94,6 +95,9 @@ def score_file(
     if metrics is not None and metrics["n_labelled_anomalies"] == 0:
         notes.append("no labelled anomalies in this batch: recall, F1 and AUROC are undefined")
     report = build_report(df, scores, threshold, det.schema_.id_columns, is_anomaly, flags.p_value, flags.q_value)
+    attribution = attribution_columns(det, df, det.explain_validated(features))
+    for c in attribution.columns:
+        report[c] = attribution[c].map(neutralise_cell).to_numpy()
     try:
         write_csv_atomic(report, target)
     except OSError as e:

@@ -48,20 +48,23 @@ def score_rows(model: TabularVAE, batch: TabularBatch, method: str = "elbo", k: 
 
 
 @torch.no_grad()
-def feature_contributions(model: TabularVAE, batch: TabularBatch) -> tuple[np.ndarray, np.ndarray]:
+def feature_contributions(
+    model: TabularVAE, batch: TabularBatch
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Per-feature negative log-likelihood at the posterior mean, and the decoded expectation.
 
     Returns:
-        nll: (n, n_features) -log p(x_j | z = mu(x)).
+        nll: (n, n_numeric + n_categorical) -log p(x_j | z = mu(x)).
         expected: (n, n_numeric) decoded numeric means (in the model's standardised units).
+        likely: one (n,) array per categorical feature: the code of its most likely category.
     """
     model.eval()
     device = next(model.parameters()).device
     batch = batch.to(device)
     mu, _ = model.encode(batch)
     nll = feature_nll(model, batch, mu)
-    mean, _ = model.decode(mu)
-    return nll.cpu().numpy(), mean.float().cpu().numpy()
+    mean, logits = model.decode(mu)
+    return nll.cpu().numpy(), mean.float().cpu().numpy(), [lg.argmax(dim=1).cpu().numpy() for lg in logits]
 
 
 def score_batches(

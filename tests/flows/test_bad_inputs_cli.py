@@ -10,6 +10,8 @@ from tests.conftest import make_table
 from tests.flows.test_cli import _run
 from tests.pipeline.test_bad_inputs import BAD_SCORING_INPUTS, _bad_file
 
+HEADER_ONLY_REPORT = "row,id,score,threshold,is_anomaly,p_value,top_features,top_observed,top_expected\n"
+
 CLI_CASES = ["missing-column", "wrong-type", "inf", "huge", "empty", "no-header", "duplicate-columns", "not-utf8",
              "semicolon", "unclosed-quote", "truncated-parquet", "not-found"]
 
@@ -33,7 +35,7 @@ def test_score_cli_gives_one_error_line_per_bad_file_and_scores_the_good_ones(re
         assert any(case in line for line in errors), case
     report = pd.read_csv(out / "good.anomalies.csv", dtype={"id": str}, keep_default_na=False)
     assert len(report) == 30 and report["id"][:2].tolist() == ["'=cmd|' /C calc'!A0", "-7"]
-    assert (out / "header-only.anomalies.csv").read_text() == "row,id,score,threshold,is_anomaly,p_value\n"
+    assert (out / "header-only.anomalies.csv").read_text() == HEADER_ONLY_REPORT
     assert sorted(p.name for p in out.glob("*.anomalies.csv")) == ["good.anomalies.csv", "header-only.anomalies.csv"]
     assert set(CLI_CASES) <= set(BAD_SCORING_INPUTS)
 

@@ -15,6 +15,8 @@ from pipeline.scoring import ensure_out_dir, score_file
 from tests.conftest import make_table
 from vae.config import TrainConfig
 
+HEADER_ONLY_REPORT = "row,id,score,threshold,is_anomaly,p_value,top_features,top_observed,top_expected\n"
+
 
 def _table() -> pd.DataFrame:
     return make_table(20, seed=3)[0]
@@ -158,7 +160,7 @@ def test_header_only_gives_an_empty_report(fitted_detector, tmp_path):
     src.write_text(",".join(_table().columns) + "\n")
     s = score_file(fitted_detector, src, tmp_path / "out")
     assert s.rows == 0 and s.flagged == 0
-    assert Path(s.report).read_text() == "row,id,score,threshold,is_anomaly,p_value\n"
+    assert Path(s.report).read_text() == HEADER_ONLY_REPORT
 
 
 def test_single_row_unseen_category_and_constant_batch_are_scored(fitted_detector, tmp_path):

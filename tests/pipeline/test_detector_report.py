@@ -78,7 +78,8 @@ def test_report_has_one_row_per_input_row_in_order(fitted_detector, test_table, 
     df.to_csv(src, index=False)
     summary = score_file(fitted_detector, src, tmp_path / "out")
     report = pd.read_csv(summary.report, dtype={"id": str})
-    assert list(report.columns) == ["row", "id", "score", "threshold", "is_anomaly", "p_value"]
+    assert list(report.columns) == ["row", "id", "score", "threshold", "is_anomaly", "p_value", "top_features",
+                                    "top_observed", "top_expected"]
     assert report["row"].tolist() == list(range(len(df)))
     assert report["id"].tolist() == df["id"].tolist()
     assert summary.rows == len(df) and summary.flagged == int(report["is_anomaly"].sum())
