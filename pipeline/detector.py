@@ -193,8 +193,19 @@ class VAEAnomalyDetector:
         self._check_fitted()
         return self._explain(features)
 
+    def score_and_explain(self, features: pd.DataFrame) -> tuple[np.ndarray, Explanation]:
+        """Scores and attribution of validated rows in one pass (each chunk is encoded once)."""
+        self._check_fitted()
+        scores, parts = [], []
+        for b in self._batches(features):
+            scores.append(self._score_batch(b))
+            parts.append(self._explain_batch(b))
+        return (np.concatenate(scores) if scores else np.zeros(0)), self._join(parts)
+
     def _explain(self, features: pd.DataFrame) -> Explanation:
-        parts = [self._explain_batch(b) for b in self._batches(features)]
+        return self._join([self._explain_batch(b) for b in self._batches(features)])
+
+    def _join(self, parts: list[Explanation]) -> Explanation:
         if not parts:
             k = len(self.schema_.features)
             return Explanation(np.zeros((0, k)), np.zeros((0, k)), np.zeros((0, len(self.schema_.numeric))),

@@ -18,7 +18,7 @@ from pipeline.errors import InputError
 from pipeline.health import batch_health
 from pipeline.io import read_table, sha256_file
 from pipeline.metrics import f1_optimal_threshold, labelled_metrics, labels_from
-from pipeline.report import build_report, neutralise_cell, report_path, write_csv_atomic
+from pipeline.report import build_report, neutralise_cell, report_path, write_csv_atomic, write_text_atomic
 from pipeline.rules import FlagRule, apply_rule
 from pipeline.schema import most_extreme
 
@@ -74,7 +74,9 @@ def score_file(
     df = read_table(p, str_columns=det.schema_.id_columns)
     digest = sha256_file(p)
     features = det.schema_.validate(df, source=str(p))
-    scores = score_features(det, features, str(p))
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected by check_finite, row by row
+        scores, explanation = det.score_and_explain(features)
+    check_finite(det, features, scores, str(p))
     flags = apply_rule(rule, scores, det.calibration_scores_)
     is_anomaly, threshold, notes = flags.is_anomaly, flags.threshold, []
     label = label_column or (det.schema_.label_column if det.schema_.label_column in df.columns else None)
@@ -95,7 +97,7 @@ def score_file(
     if metrics is not None and metrics["n_labelled_anomalies"] == 0:
         notes.append("no labelled anomalies in this batch: recall, F1 and AUROC are undefined")
     report = build_report(df, scores, threshold, det.schema_.id_columns, is_anomaly, flags.p_value, flags.q_value)
-    attribution = attribution_columns(det, df, det.explain_validated(features))
+    attribution = attribution_columns(det, df, explanation)
     for c in attribution.columns:
         report[c] = attribution[c].map(neutralise_cell).to_numpy()
     try:
@@ -127,8 +129,14 @@ def score_features(det: VAEAnomalyDetector, features: pd.DataFrame, source: str 
         InputError: a row's score overflows (a value far outside the training range, e.g. 1e308):
             names the row, the column and the value.
     """
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected below, row by row
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected by check_finite, row by row
         scores = det.score_validated(features)
+    check_finite(det, features, scores, source)
+    return scores
+
+
+def check_finite(det: VAEAnomalyDetector, features: pd.DataFrame, scores: np.ndarray, source: str) -> None:
+    """Raise InputError naming the first row whose score overflowed, its column and value."""
     bad = ~np.isfinite(scores)
     if bad.any():
         i = int(np.argmax(bad))
@@ -138,7 +146,6 @@ def score_features(det: VAEAnomalyDetector, features: pd.DataFrame, source: str 
                f"training mean" if where else "its values are outside what the model can score")
         raise InputError(f"{source}: row {i} cannot be scored, its score overflows: {why}; "
                          "remove or cap such values")
-    return scores
 
 
 def ensure_out_dir(path: str | Path) -> Path:
@@ -161,6 +168,4 @@ def ensure_out_dir(path: str | Path) -> Path:
 
 def write_summary(summary: FileSummary, path: str | Path) -> Path:
     """The summary as JSON (``<stem>.summary.json`` beside the report)."""
-    from pipeline.report import write_text_atomic
-
     return write_text_atomic(json.dumps(summary.to_dict(), indent=1, default=str), path)
