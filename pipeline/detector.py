@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from pipeline.calibrate import check_alpha, conformal_threshold, min_calibration_rows
+from pipeline.density import LatentKNN, reference_rows, robust_scale
 from pipeline.errors import InputError, ModelError
 from pipeline.metrics import labels_from
 from pipeline.preprocess import Preprocessor
@@ -27,7 +28,7 @@ from pipeline.schema import Schema, infer_schema
 from pipeline.split import split_rows
 from vae.config import ModelConfig, TrainConfig
 from vae.model import MISSING, TabularBatch, TabularVAE
-from vae.score import SCORE_METHODS, feature_contributions, score_rows
+from vae.score import SCORE_METHODS, feature_contributions, posterior_means, score_rows
 from vae.train import TrainHistory, fit, resolve_device
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,11 @@ class VAEAnomalyDetector:
         n_models: size of the ensemble: VAEs trained from seeds ``seed, seed+1, ...`` on the
             same rows; the score is the mean of their scores. 3 by default: it lowered the
             seed-to-seed spread for a small gain in mean AUROC (benchmarks/ablation.py).
+        latent_k: with k >= 1, each VAE's score adds the latent density term of
+            :mod:`pipeline.density`: the distance from the row's posterior mean to the k-th nearest
+            training row's, both terms standardised on the validation rows; 0 = the plain score.
+            1 by default (benchmarks/ablation.py: k = 1 ranked best of 1, 3, 5, 10).
+        latent_weight: weight w of the latent term against the standardised -ELBO.
         min_log_var: floor of the numeric features' learned log-variance (standardised units).
         likelihood: numeric likelihood of the decoder: ``gaussian``, ``student_t`` or ``laplace``.
         scaling: numeric preprocessing, ``standard`` or ``quantile`` (see :class:`Preprocessor`).
@@ -98,6 +104,8 @@ class VAEAnomalyDetector:
         score_method: str = "elbo",
         n_draws: int = 16,
         n_models: int = 3,
+        latent_k: int = 1,
+        latent_weight: float = 1.0,
         min_log_var: float = -6.0,
         scaling: str = "standard",
         likelihood: str = "gaussian",
@@ -115,6 +123,8 @@ class VAEAnomalyDetector:
         self.score_method = score_method
         self.n_draws = n_draws
         self.n_models = n_models
+        self.latent_k = latent_k
+        self.latent_weight = latent_weight
         self.min_log_var = min_log_var
         self.scaling = scaling
         self.likelihood = likelihood
@@ -130,6 +140,9 @@ class VAEAnomalyDetector:
         check_alpha(self.alpha)
         if self.n_models < 1:
             raise InputError(f"n_models must be >= 1, got {self.n_models!r}")
+        if self.latent_k < 0 or not self.latent_weight >= 0:
+            raise InputError(f"latent_k and latent_weight must be >= 0, got {self.latent_k!r} and "
+                             f"{self.latent_weight!r}")
         if self.scaling not in ("standard", "quantile"):
             raise InputError(f"scaling must be 'standard' or 'quantile', got {self.scaling!r}")
         if self.score_method not in SCORE_METHODS:
@@ -166,6 +179,7 @@ class VAEAnomalyDetector:
             self.models_.append(model.to("cpu"))
         self.history_: TrainHistory = histories[0]
         self.histories_ = histories
+        self._fit_latent_density(train_b, val_b)
         cal_features = features.iloc[positions[split.cal]]
         self.calibration_scores_ = self.score_validated(cal_features)
         # A typical normal row's per-feature NLL: attribution reports each feature's excess over it.
@@ -174,6 +188,27 @@ class VAEAnomalyDetector:
         self.n_rows_ = {"train": len(split.train), "val": len(split.val), "cal": len(split.cal),
                         "excluded_anomalies": int((~normal).sum())}
         return self
+
+    def _fit_latent_density(self, train_b: TabularBatch, val_b: TabularBatch) -> None:
+        """Reference codes of each VAE and the validation medians / IQRs of both score terms."""
+        self.latent_codes_: list[np.ndarray] = []
+        self.score_scale_: np.ndarray | None = None
+        self._knn = None
+        if not self.latent_k:
+            return
+        ref = train_b.rows(torch.from_numpy(reference_rows(len(train_b), self.seed)))
+        self.latent_codes_ = [posterior_means(m, ref).astype(np.float32) for m in self.models_]
+        scale = []
+        for m, knn in zip(self.models_, self._latent_knns(), strict=True):
+            elbo = score_rows(m, val_b, self.score_method, self.n_draws).double().cpu().numpy()
+            scale.append([*robust_scale(elbo), *robust_scale(knn.distance(posterior_means(m, val_b)))])
+        self.score_scale_ = np.asarray(scale, dtype=np.float64)
+
+    def _latent_knns(self) -> list[LatentKNN]:
+        """One k-NN index per VAE over its reference codes, built on first use (not saved)."""
+        if getattr(self, "_knn", None) is None:
+            self._knn = [LatentKNN(c, self.latent_k) for c in self.latent_codes_]
+        return self._knn
 
     # ------------------------------------------------------------- scoring
     def _check_fitted(self) -> None:
@@ -236,8 +271,16 @@ class VAEAnomalyDetector:
         return Explanation(nll, excess, expected, likely)
 
     def _score_batch(self, batch: TabularBatch) -> np.ndarray:
+        """Mean over the VAEs of the -ELBO (or IWAE / recon) score, plus the latent term when on."""
         member = [score_rows(m, batch, self.score_method, self.n_draws).double().cpu().numpy() for m in self.models_]
-        return np.mean(member, axis=0)
+        if not self.latent_k:
+            return np.mean(member, axis=0)
+        combined = []
+        for i, (m, knn) in enumerate(zip(self.models_, self._latent_knns(), strict=True)):
+            m_e, s_e, m_r, s_r = self.score_scale_[i]
+            r = knn.distance(posterior_means(m, batch))
+            combined.append((member[i] - m_e) / s_e + self.latent_weight * (r - m_r) / s_r)
+        return np.mean(combined, axis=0)
 
     def score_samples(self, df: pd.DataFrame, source: str = "input") -> np.ndarray:
         """(n,) raw anomaly scores, higher = more anomalous; deterministic.
@@ -264,6 +307,7 @@ class VAEAnomalyDetector:
             "categorical_columns": list(self.categorical_columns), "val_fraction": self.val_fraction,
             "cal_fraction": self.cal_fraction, "hidden": self.hidden, "latent_dim": self.latent_dim,
             "score_method": self.score_method, "n_draws": self.n_draws, "n_models": self.n_models,
+            "latent_k": self.latent_k, "latent_weight": self.latent_weight,
             "min_log_var": self.min_log_var, "scaling": self.scaling,
             "likelihood": self.likelihood, "seed": self.seed,
         }
@@ -281,6 +325,7 @@ class VAEAnomalyDetector:
             "preprocessor": self.preprocessor_.to_dict(),
             "model_config": self.model_config_.to_dict(),
             "threshold": self.threshold_,
+            "score_scale": None if self.score_scale_ is None else self.score_scale_.tolist(),
             "feature_nll_baseline": (None if self.feature_nll_baseline_ is None
                                      else [float(v) for v in self.feature_nll_baseline_]),
             "n_rows": self.n_rows_,
@@ -288,7 +333,9 @@ class VAEAnomalyDetector:
         }
         (d / META_FILE).write_text(json.dumps(meta, indent=1))
         np.save(d / CAL_FILE, self.calibration_scores_)
-        torch.save({f"member{i}": m.state_dict() for i, m in enumerate(self.models_)}, d / WEIGHTS_FILE)
+        state: dict[str, Any] = {f"member{i}": m.state_dict() for i, m in enumerate(self.models_)}
+        state |= {f"latent{i}": torch.from_numpy(c) for i, c in enumerate(self.latent_codes_)}
+        torch.save(state, d / WEIGHTS_FILE)
         return d
 
     @classmethod
@@ -306,7 +353,7 @@ class VAEAnomalyDetector:
             meta = json.loads((d / META_FILE).read_text())
             if meta.get("format_version") != FORMAT_VERSION:
                 raise ModelError(f"model format {meta.get('format_version')!r} is not {FORMAT_VERSION}")
-            p = meta["params"]
+            p = {"latent_k": 0, **meta["params"]}  # models saved before the latent term scored without it
             tc = TrainConfig(**meta["train_config"]) if meta.get("train_config") else None
             det = cls(**{k: v for k, v in p.items() if k not in ("hidden",)},
                       hidden=tuple(p["hidden"]) if p.get("hidden") else None, train_config=tc)
@@ -319,6 +366,10 @@ class VAEAnomalyDetector:
                 model = TabularVAE(det.model_config_)
                 model.load_state_dict(state[f"member{i}"])
                 det.models_.append(model.to(resolve_device(device)).eval())
+            det.latent_codes_ = [state[f"latent{i}"].numpy() for i in range(det.n_models)] if det.latent_k else []
+            scale = meta.get("score_scale")
+            det.score_scale_ = None if scale is None else np.asarray(scale, dtype=np.float64)
+            det._knn = None
             det.threshold_ = float(meta["threshold"])
             det.calibration_scores_ = np.load(d / CAL_FILE, allow_pickle=False)
             baseline = meta.get("feature_nll_baseline")  # absent in models saved before attribution existed

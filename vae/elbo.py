@@ -91,8 +91,18 @@ def feature_nll(model: TabularVAE, batch: TabularBatch, z: torch.Tensor) -> torc
     return torch.cat(parts, dim=1)
 
 
+def kl_free_bits(mu: torch.Tensor, log_var: torch.Tensor, free_bits: float) -> torch.Tensor:
+    """(n,) sum_k max(KL_k, free_bits) of the per-dimension closed-form KL terms.
+
+    Free bits (Kingma et al. 2016, Sec. C.8): a latent dimension costs at least ``free_bits``
+    nats, so the optimiser gains nothing by collapsing it onto the prior. Training only.
+    """
+    kl_k = 0.5 * (mu**2 + torch.exp(log_var) - 1.0 - log_var)
+    return torch.clamp(kl_k, min=free_bits).sum(dim=1)
+
+
 def negative_elbo(
-    model: TabularVAE, batch: TabularBatch, eps: torch.Tensor, beta: float = 1.0
+    model: TabularVAE, batch: TabularBatch, eps: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0
 ) -> torch.Tensor:
     """(n,) -ELBO per row: Monte Carlo over k reparameterisation draws, KL in closed form.
 
@@ -100,9 +110,13 @@ def negative_elbo(
         eps: (k, n, latent_dim) draws per row, or (k, 1, latent_dim) draws shared by all
             rows (scoring shares them, so a row's score does not depend on its neighbours).
         beta: weight of the KL term (1.0 gives the true negative ELBO).
+        free_bits: with > 0, the KL term is :func:`kl_free_bits` (a training loss, not the ELBO).
     """
     mu, log_var = model.encode(batch)
-    kl = kl_standard_normal(mu.float(), log_var.float())
+    if free_bits > 0:
+        kl = kl_free_bits(mu.float(), log_var.float(), free_bits)
+    else:
+        kl = kl_standard_normal(mu.float(), log_var.float())
     recon = torch.stack(
         [feature_nll(model, batch, model.reparameterize(mu, log_var, e)).sum(dim=1) for e in eps]
     ).mean(dim=0)

@@ -67,6 +67,16 @@ def feature_contributions(
     return nll.cpu().numpy(), mean.float().cpu().numpy(), [lg.argmax(dim=1).cpu().numpy() for lg in logits]
 
 
+@torch.no_grad()
+def posterior_means(model: TabularVAE, batch: TabularBatch, chunk: int = 65536) -> np.ndarray:
+    """(n, latent_dim) float64 posterior means mu(x) of q(z | x) (deterministic: no sampling)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model.encode(batch.rows(slice(s, s + chunk)).to(device))[0].double().cpu().numpy()
+           for s in range(0, len(batch), chunk)]
+    return np.concatenate(out) if out else np.zeros((0, model.config.latent_dim))
+
+
 def score_batches(
     model: TabularVAE, batches: Iterator[TabularBatch], method: str = "elbo", k: int = 16
 ) -> np.ndarray:

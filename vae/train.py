@@ -136,7 +136,8 @@ def _fit(
             idx = order[start : start + bs]
             part = train.rows(idx)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss_rows = negative_elbo(model, part, eps_all[idx].unsqueeze(0), beta=beta)
+                loss_rows = negative_elbo(model, part, eps_all[idx].unsqueeze(0), beta=beta,
+                                          free_bits=cfg.free_bits)
             if cfg.trim_fraction > 0:  # contaminated training data: drop the worst-fitting rows of the batch
                 keep = max(int(len(idx) * (1.0 - cfg.trim_fraction)), 1)
                 loss_rows = torch.topk(loss_rows, keep, largest=False).values

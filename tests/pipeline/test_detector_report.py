@@ -116,7 +116,7 @@ def test_ensemble_scores_are_the_mean_of_its_members_and_survive_save_load(tmp_p
     from vae.score import score_rows
 
     df, _ = make_table(400, seed=5)
-    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=2,
+    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=2, latent_k=0,
                              train_config=TrainConfig(max_epochs=5)).fit(df)
     assert len(det.models_) == 2 and len(det.histories_) == 2
     batch = det.batch(df.head(20))
@@ -125,3 +125,52 @@ def test_ensemble_scores_are_the_mean_of_its_members_and_survive_save_load(tmp_p
     assert np.allclose(det.score_samples(df.head(20)), np.mean(members, axis=0))
     det.save(tmp_path / "ens")
     assert np.array_equal(VAEAnomalyDetector.load(tmp_path / "ens").score_samples(df), det.score_samples(df))
+
+
+def test_latent_term_combines_standardised_elbo_and_knn_distance_and_survives_save_load(tmp_path):
+    from pipeline.density import LatentKNN
+    from vae.config import TrainConfig
+    from vae.score import posterior_means, score_rows
+
+    df, _ = make_table(400, seed=5)
+    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=2, latent_k=3, latent_weight=0.5,
+                             train_config=TrainConfig(max_epochs=5)).fit(df)
+    assert det.score_scale_.shape == (2, 4) and len(det.latent_codes_) == 2
+    assert det.latent_codes_[0].shape == (det.n_rows_["train"], det.model_config_.latent_dim)
+    batch = det.batch(df.head(20))
+    expected = []
+    for m, codes, (m_e, s_e, m_r, s_r) in zip(det.models_, det.latent_codes_, det.score_scale_, strict=True):
+        r = LatentKNN(codes, 3).distance(posterior_means(m, batch))
+        expected.append((score_rows(m, batch).double().numpy() - m_e) / s_e + 0.5 * (r - m_r) / s_r)
+    assert np.allclose(det.score_samples(df.head(20)), np.mean(expected, axis=0))
+    # the threshold is set on the combined score of the calibration rows
+    assert det.threshold_ == pytest.approx(np.sort(det.calibration_scores_)[int(np.ceil(0.9 * 81)) - 1])
+    det.save(tmp_path / "lat")
+    loaded = VAEAnomalyDetector.load(tmp_path / "lat")
+    assert loaded.latent_k == 3 and loaded.latent_weight == 0.5
+    assert np.array_equal(loaded.score_samples(df), det.score_samples(df))
+
+
+def test_a_model_saved_before_the_latent_term_loads_with_the_plain_score(tmp_path):
+    import json
+
+    import torch
+
+    from vae.config import TrainConfig
+    from vae.score import score_rows
+
+    df, _ = make_table(300, seed=6)
+    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=1, latent_k=0,
+                             train_config=TrainConfig(max_epochs=3)).fit(df)
+    d = det.save(tmp_path / "old")
+    meta = json.loads((d / "detector.json").read_text())
+    for key in ("latent_k", "latent_weight"):
+        del meta["params"][key]
+    del meta["score_scale"]
+    (d / "detector.json").write_text(json.dumps(meta))
+    state = torch.load(d / "weights.pt", weights_only=True)
+    assert set(state) == {"member0"}
+    old = VAEAnomalyDetector.load(d)
+    assert old.latent_k == 0
+    plain = score_rows(old.models_[0], old.batch(df.head(10))).double().numpy()
+    assert np.allclose(old.score_samples(df.head(10)), plain)

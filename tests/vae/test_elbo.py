@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from vae.config import ModelConfig
-from vae.elbo import categorical_nll, gaussian_nll, iwae_log_likelihood, kl_standard_normal, negative_elbo
+from vae.elbo import (
+    categorical_nll,
+    gaussian_nll,
+    iwae_log_likelihood,
+    kl_free_bits,
+    kl_standard_normal,
+    negative_elbo,
+)
 from vae.model import MISSING, UNSEEN, TabularBatch, TabularVAE
 from vae.score import fixed_eps
 
@@ -39,6 +46,19 @@ def test_kl_standard_normal_closed_form():
     log_var = torch.tensor([[0.0, 0.0], [math.log(2.0), 0.0]])
     # 1/2 (mu^2 + s^2 - 1 - log s^2): row 0 -> 0.5; row 1 -> 0.5 (2 - 1 - log 2)
     assert kl_standard_normal(mu, log_var).tolist() == pytest.approx([0.5, 0.5 * (1 - math.log(2.0))], rel=1e-6)
+
+
+def test_free_bits_floor_each_dimension_of_the_kl():
+    mu = torch.tensor([[2.0, 0.0, 0.0]])
+    log_var = torch.zeros(1, 3)
+    # per-dimension KL: 1/2 * 2^2 = 2, 0, 0; a floor of 0.5 nats lifts the two collapsed dimensions
+    assert kl_free_bits(mu, log_var, 0.5).tolist() == pytest.approx([3.0])
+    assert kl_free_bits(mu, log_var, 0.0).tolist() == pytest.approx(kl_standard_normal(mu, log_var).tolist())
+    m = _zero_model(2, ())  # q(z|x) = N(0, I): KL 0 in each of 3 dimensions
+    batch = TabularBatch(torch.zeros(1, 2), torch.ones(1, 2), torch.zeros(1, 0, dtype=torch.long))
+    eps = fixed_eps(3, k=1)
+    diff = negative_elbo(m, batch, eps, free_bits=0.25) - negative_elbo(m, batch, eps)
+    assert diff.item() == pytest.approx(0.75)
 
 
 def test_categorical_nll_missing_and_unseen():

@@ -1,0 +1,69 @@
+"""Latent-space density term of the score: k-NN distance to the training rows' posterior means.
+
+The encoder maps normal training rows to the aggregate posterior q(z) = 1/N sum_i q(z | x_i), much
+narrower than the prior N(0, I) that the ELBO's KL term measures against. A row whose posterior
+mean mu(x) lands where no training row's does lies in a low-density region of q(z) even when the
+decoder reconstructs it well. The k-NN density estimate q(z) ~ k / (N V_d r_k(z)^d)
+(Loftsgaarden & Quesenberry 1965) ranks rows by r_k(z), the distance from mu(x) to the k-th
+nearest training code (Euclidean, exact: a k-d tree for small latent sizes, else brute force).
+
+The combined score of one VAE is  (-ELBO(x) - m_E) / s_E + w * (r_k(x) - m_r) / s_r,  each term
+standardised by its median m and interquartile range s on the validation rows (held out from the
+weights, so their r_k is not the 0 a training row has to itself). The conformal threshold is then
+set on the combined score of the calibration rows, which neither term has seen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+
+MAX_REFERENCE_ROWS = 100_000  # training codes kept per VAE (a seeded subsample beyond this)
+
+
+def reference_rows(n: int, seed: int, cap: int = MAX_REFERENCE_ROWS) -> np.ndarray:
+    """Sorted positions of at most ``cap`` of ``n`` training rows (all of them when n <= cap)."""
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
+
+
+class LatentKNN:
+    """k-th nearest-neighbour distance to a fixed set of latent codes.
+
+    Args:
+        codes: (m, latent_dim) posterior means of the training rows (m >= 1).
+        k: neighbour rank (clipped to m).
+    """
+
+    def __init__(self, codes: np.ndarray, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"latent k must be >= 1, got {k!r}")
+        codes = np.asarray(codes, dtype=np.float64)
+        if codes.ndim != 2 or len(codes) == 0:
+            raise ValueError(f"reference codes must be a non-empty (m, latent_dim) array, got shape {codes.shape}")
+        self.codes = codes
+        self.k = min(int(k), len(codes))
+        self._nn = NearestNeighbors(n_neighbors=self.k).fit(codes)
+
+    def distance(self, z: np.ndarray) -> np.ndarray:
+        """(n,) distance from each row of z: (n, latent_dim) to its k-th nearest reference code.
+
+        A row whose code is not finite (the encoder overflowed on a value far outside the training
+        data) gets an infinite distance, so its score is not finite and scoring names the row.
+        """
+        z = np.asarray(z, dtype=np.float64)
+        out = np.full(len(z), np.inf)
+        ok = np.isfinite(z).all(axis=1)
+        if ok.any():
+            out[ok] = self._nn.kneighbors(z[ok], return_distance=True)[0][:, -1]
+        return out
+
+
+def robust_scale(values: np.ndarray) -> tuple[float, float]:
+    """(median, interquartile range) of values: (n,); the range is floored at 1e-12 (and is 1 for n = 0)."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        return 0.0, 1.0
+    q25, q50, q75 = np.percentile(v, [25, 50, 75])
+    return float(q50), float(max(q75 - q25, 1e-12))

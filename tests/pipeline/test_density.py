@@ -1,0 +1,44 @@
+"""The latent-space density term: exact k-NN distances, robust scaling, and how the detector combines them."""
+
+import numpy as np
+import pytest
+
+from pipeline.density import LatentKNN, reference_rows, robust_scale
+
+
+def test_knn_distance_is_the_exact_kth_nearest_distance():
+    rng = np.random.default_rng(0)
+    ref, q = rng.normal(size=(200, 3)), rng.normal(size=(50, 3))
+    brute = np.sort(np.linalg.norm(q[:, None, :] - ref[None, :, :], axis=2), axis=1)
+    for k in (1, 5):
+        assert np.allclose(LatentKNN(ref, k).distance(q), brute[:, k - 1])
+
+
+def test_knn_distance_is_zero_on_a_reference_row_and_k_is_clipped():
+    ref = np.array([[0.0, 0.0], [3.0, 4.0]])
+    knn = LatentKNN(ref, k=10)
+    assert knn.k == 2
+    assert np.allclose(LatentKNN(ref, 1).distance(ref), 0.0)
+    assert np.allclose(knn.distance(np.array([[0.0, 0.0]])), [5.0])
+    assert knn.distance(np.zeros((0, 2))).shape == (0,)
+    # a code the encoder overflowed on is infinitely far: the row's score is not finite and gets named
+    assert np.array_equal(knn.distance(np.array([[np.nan, 0.0], [np.inf, 1.0], [3.0, 4.0]])), [np.inf, np.inf, 5.0])
+
+
+def test_knn_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="latent k must be >= 1, got 0"):
+        LatentKNN(np.zeros((3, 2)), 0)
+    with pytest.raises(ValueError, match=r"non-empty \(m, latent_dim\) array, got shape \(0, 2\)"):
+        LatentKNN(np.zeros((0, 2)), 1)
+
+
+def test_robust_scale_is_the_median_and_interquartile_range():
+    assert robust_scale(np.array([1.0, 2.0, 3.0, 4.0, 5.0])) == (3.0, 2.0)
+    assert robust_scale(np.full(4, 7.0)) == (7.0, 1e-12)
+    assert robust_scale(np.zeros(0)) == (0.0, 1.0)
+
+
+def test_reference_rows_keep_everything_below_the_cap_and_subsample_seeded_above():
+    assert np.array_equal(reference_rows(5, seed=0, cap=10), np.arange(5))
+    a, b = reference_rows(100, seed=3, cap=10), reference_rows(100, seed=3, cap=10)
+    assert np.array_equal(a, b) and len(np.unique(a)) == 10 and np.all(np.diff(a) > 0)
