@@ -19,28 +19,40 @@ MIN_SHARE = 0.01
 
 
 def attribution_columns(det: VAEAnomalyDetector, df: pd.DataFrame, ex: Explanation) -> pd.DataFrame:
-    """(n,) frame with ``top_features``, ``top_observed``, ``top_expected`` for the rows of ``df``."""
+    """(n,) frame with ``top_features``, ``top_observed``, ``top_expected`` for the rows of ``df``.
+
+    Vectorised per feature rather than per row (it ran at about 50k rows/s row by row, slower
+    than the model); each cell is the same text as the row-by-row definition above.
+    """
     names = list(det.schema_.features)
     n_num = len(det.schema_.numeric)
+    n = len(df)
     total = ex.excess.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         shares = np.where(total[:, None] > 0, ex.excess / total[:, None], 0.0)
     order = np.argsort(-shares, axis=1, kind="stable")[:, :TOP_K]
-    top, observed, expected = [], [], []
-    for i in range(len(df)):
-        picked = [j for j in order[i] if shares[i, j] >= MIN_SHARE]
-        top.append(";".join(f"{names[j]}:{round(100 * shares[i, j])}%" for j in picked))
-        if not picked:
-            observed.append("")
-            expected.append("")
+    top_shares = np.take_along_axis(shares, order, axis=1)
+    picked = top_shares >= MIN_SHARE
+    # round() of a float is round-half-even on its exact value, as np.rint is
+    percent = np.where(picked, np.rint(100 * np.where(picked, top_shares, 0.0)), 0).astype(np.int64)
+    labels = [[f"{name}:{k}%" for k in range(101)] for name in names]
+    ranks = [[labels[j][k] if ok else "" for j, k, ok in zip(order[:, r].tolist(), percent[:, r].tolist(),
+                                                             picked[:, r].tolist(), strict=True)]
+             for r in range(order.shape[1])]
+    top = [";".join(t for t in cells if t) for cells in zip(*ranks, strict=True)] if ranks else [""] * n
+    observed = np.full(n, "", dtype=object)
+    expected = np.full(n, "", dtype=object)
+    first = np.where(picked[:, 0], order[:, 0], -1) if order.shape[1] else np.full(n, -1)
+    for j, name in enumerate(names):
+        rows = np.flatnonzero(first == j)
+        if not len(rows):
             continue
-        j = picked[0]
-        observed.append(_text(df[names[j]].iloc[i]))
+        observed[rows] = [_text(v) for v in df[name].to_numpy(dtype=object)[rows]]
         if j < n_num:
-            expected.append(f"{ex.expected_numeric[i, j]:.6g}")
+            expected[rows] = [f"{v:.6g}" for v in ex.expected_numeric[rows, j].tolist()]
         else:
-            c = j - n_num
-            expected.append(det.preprocessor_.vocab_[names[j]][int(ex.likely_codes[c][i])])
+            vocab = det.preprocessor_.vocab_[name]
+            expected[rows] = [vocab[int(c)] for c in ex.likely_codes[j - n_num][rows].tolist()]
     return pd.DataFrame({"top_features": top, "top_observed": observed, "top_expected": expected},
                         index=df.index)
 

@@ -1,10 +1,14 @@
-"""Reading tables: CSV, Parquet and (for benchmarks) .npz with arrays X and y."""
+"""Reading tables: CSV, Parquet and (for benchmarks) .npz with arrays X and y.
+
+``read_table`` reads a whole file; ``iter_table`` streams it in chunks of rows with the same
+parsing rules (scoring uses it, so that memory stays bounded whatever the file size).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,16 +50,8 @@ def read_table(path: str | Path, str_columns: Sequence[str] = ()) -> pd.DataFram
     A UTF-8 byte-order mark is stripped. Id columns are kept verbatim (``NA`` or an empty cell
     stays text); in other columns the usual markers (empty, ``NA``, ``NaN``, ``null``...) are missing.
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"input file not found: {p}")
-    if p.is_dir():
-        raise InputError(f"expected a file, got a directory: {p}")
+    p = _check_file(path)
     suffix = p.suffix.lower()
-    if suffix not in CSV_SUFFIXES | PARQUET_SUFFIXES | NPZ_SUFFIXES:
-        raise InputError(f"unsupported file type {suffix or '(none)'!r} for {p}: expected one of {SUPPORTED}")
-    if p.stat().st_size == 0:
-        raise InputError(f"input file is empty (0 bytes): {p}")
     try:
         if suffix in CSV_SUFFIXES:
             df = _read_csv(p, "\t" if suffix == ".tsv" else ",", str_columns)
@@ -66,27 +62,153 @@ def read_table(path: str | Path, str_columns: Sequence[str] = ()) -> pd.DataFram
                     df[c] = df[c].astype("string")
         else:
             df = _read_npz(p)
-    except InputError:
-        raise
-    except pd.errors.EmptyDataError as e:
-        raise InputError(f"input file has no columns: {p}") from e
-    except UnicodeDecodeError as e:
-        raise InputError(f"cannot read {p}: {_not_utf8(p)}") from e
-    except (pd.errors.ParserError, ValueError, OSError) as e:
-        raise InputError(f"cannot read {p}: {_parser_message(e)}") from e
+    except Exception as e:
+        err = _read_error(p, e)
+        if err is e:
+            raise
+        raise err from e
+    return _checked_columns(p, df)
+
+
+def _check_file(path: str | Path) -> Path:
+    """The path, once it names a non-empty file of a supported type (else InputError)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input file not found: {p}")
+    if p.is_dir():
+        raise InputError(f"expected a file, got a directory: {p}")
+    suffix = p.suffix.lower()
+    if suffix not in CSV_SUFFIXES | PARQUET_SUFFIXES | NPZ_SUFFIXES:
+        raise InputError(f"unsupported file type {suffix or '(none)'!r} for {p}: expected one of {SUPPORTED}")
+    if p.stat().st_size == 0:
+        raise InputError(f"input file is empty (0 bytes): {p}")
+    return p
+
+
+def _read_error(p: Path, e: Exception) -> Exception:
+    """A reader's exception as the InputError a user sees (other exceptions pass through)."""
+    if isinstance(e, InputError):
+        return e
+    if isinstance(e, pd.errors.EmptyDataError):
+        return InputError(f"input file has no columns: {p}")
+    if isinstance(e, UnicodeDecodeError):
+        return InputError(f"cannot read {p}: {_not_utf8(p)}")
+    if isinstance(e, pd.errors.ParserError | ValueError | OSError):
+        return InputError(f"cannot read {p}: {_parser_message(e)}")
+    return e
+
+
+def _checked_columns(p: Path, df: pd.DataFrame) -> pd.DataFrame:
     if len(df.columns) and isinstance(df.columns[0], str) and df.columns[0].startswith(BOM):
         df = df.rename(columns={df.columns[0]: df.columns[0].lstrip(BOM)})  # a BOM that pandas left in place
     _check_duplicates(p, [str(c) for c in df.columns])
     return df
 
 
-def _read_csv(p: Path, sep: str, str_columns: Sequence[str]) -> pd.DataFrame:
-    # The raw header first: pandas would rename duplicate names (a, a.1) and hide the mistake.
+def iter_table(
+    path: str | Path, str_columns: Sequence[str] = (), chunk_rows: int = 65536,
+    position: Callable[[float], None] | None = None,
+) -> Iterator[pd.DataFrame]:
+    """Stream a CSV, Parquet or .npz file as DataFrames of at most ``chunk_rows`` rows, in order.
+
+    Parsing is exactly :func:`read_table`'s (same reader options, id columns verbatim, same error
+    messages; parser errors name the file's line, counted over the whole file). Each chunk's index
+    is the rows' 0-based position in the file. A file with a header only yields one empty frame.
+
+    CSV goes through pandas' chunked C reader rather than ``pyarrow.csv.open_csv``: it keeps the
+    non-streaming reader's semantics (NA markers, numbers-as-text, per-column types decided per
+    chunk and then validated), which byte-identical reports need; pyarrow's streaming reader fixes
+    column types from the first block and fails on a later block instead. Parquet streams record
+    batches with ``pyarrow.parquet.ParquetFile.iter_batches``.
+
+    Args:
+        position: called after each chunk with the share of the file read so far, in [0, 1].
+
+    Raises:
+        InputError: as :func:`read_table`, possibly after some chunks were yielded.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows!r}")
+    p = _check_file(path)
+    suffix = p.suffix.lower()
+    chunks = (_iter_csv(p, "\t" if suffix == ".tsv" else ",", str_columns, chunk_rows, position)
+              if suffix in CSV_SUFFIXES else
+              _iter_parquet(p, str_columns, chunk_rows, position) if suffix in PARQUET_SUFFIXES else
+              iter([read_table(p, str_columns)]))
+    start = 0
+    while True:
+        try:
+            df = next(chunks)
+        except StopIteration:
+            return
+        except Exception as e:
+            err = _read_error(p, e)
+            if err is e:
+                raise
+            raise err from e
+        df = _checked_columns(p, df) if start == 0 else df
+        df.index = pd.RangeIndex(start, start + len(df))
+        start += len(df)
+        yield df
+
+
+def _iter_csv(p: Path, sep: str, str_columns: Sequence[str], chunk_rows: int,
+              position: Callable[[float], None] | None) -> Iterator[pd.DataFrame]:
+    size = max(p.stat().st_size, 1)
+    with open(p, "rb") as f:
+        header = _csv_header(p, sep)
+        ids = [c for c in str_columns if c in header]
+        options: dict = {"sep": sep, "chunksize": chunk_rows, "encoding": "utf-8"}
+        if ids:
+            names = [h or f"Unnamed: {i}" for i, h in enumerate(header)]
+            options.update(dtype=dict.fromkeys(ids, "string"), keep_default_na=False,
+                           na_values={c: NA_TEXT for c in names if c not in ids})
+        with pd.read_csv(f, **options) as reader:
+            for df in reader:
+                if position is not None:
+                    position(min(f.tell() / size, 1.0))
+                yield df
+
+
+def _iter_parquet(p: Path, str_columns: Sequence[str], chunk_rows: int,
+                  position: Callable[[float], None] | None) -> Iterator[pd.DataFrame]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(p) as pf:
+        total = max(pf.metadata.num_rows, 1)
+        done = 0
+        first = True
+        for batch in pf.iter_batches(batch_size=chunk_rows):
+            yield _parquet_frame(pa.Table.from_batches([batch]), str_columns)
+            first = False
+            done += batch.num_rows
+            if position is not None:
+                position(min(done / total, 1.0))
+        if first:  # no rows: one empty frame, so that the columns are checked
+            yield _parquet_frame(pf.schema_arrow.empty_table(), str_columns)
+
+
+def _parquet_frame(table, str_columns: Sequence[str]) -> pd.DataFrame:
+    df = table.to_pandas()
+    for c in str_columns:
+        if c in df.columns:
+            df[c] = df[c].astype("string")
+    return df
+
+
+def _csv_header(p: Path, sep: str) -> list[str]:
+    """The raw header: pandas would rename duplicate names (a, a.1) and hide the mistake."""
     header = pd.read_csv(p, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
     header = [str(h) for h in header]
     if header and header[0].startswith(BOM):
         header[0] = header[0].lstrip(BOM)
     _check_duplicates(p, header)
+    return header
+
+
+def _read_csv(p: Path, sep: str, str_columns: Sequence[str]) -> pd.DataFrame:
+    header = _csv_header(p, sep)
     ids = [c for c in str_columns if c in header]
     if not ids:
         return pd.read_csv(p, sep=sep)

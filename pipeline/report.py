@@ -145,25 +145,40 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
     holds ``,``, ``"``, ``\n`` or ``\r`` (Python's csv module, with ``\n`` line ends, would leave a
     lone ``\r`` unquoted and a reader would split the row there).
     """
-    columns = [_format_column(frame[c]) for c in frame.columns]
-    header = ",".join(_quote(str(c)) for c in frame.columns)
     with atomic_writer(path) as f:
-        f.write(header + "\n")
+        f.write(csv_header(frame.columns))
         for start in range(0, len(frame), 100_000):
-            chunk = zip(*(col[start : start + 100_000] for col in columns), strict=True)
-            f.write("".join(",".join(cells) + "\n" for cells in chunk))
+            f.write(csv_rows(frame.iloc[start : start + 100_000]))
     return Path(path)
+
+
+def csv_header(columns: Sequence[object]) -> str:
+    """The header line of :func:`write_csv_atomic` for these column names."""
+    return ",".join(_quote(str(c)) for c in columns) + "\n"
+
+
+def csv_rows(frame: pd.DataFrame) -> str:
+    """The data lines of ``frame`` exactly as :func:`write_csv_atomic` writes them.
+
+    Writing a file as ``csv_header`` + ``csv_rows`` of consecutive slices gives the same bytes as
+    writing it whole: each cell's text depends only on its value and its column's dtype.
+    """
+    if len(frame) == 0:
+        return ""
+    columns = [_format_column(frame[c]) for c in frame.columns]
+    return "".join([",".join(cells) + "\n" for cells in zip(*columns, strict=True)])
 
 
 def _format_column(col: pd.Series) -> list[str]:
     """One column's CSV cells: floats as %.9g, integers as digits, text quoted where needed."""
     if pd.api.types.is_float_dtype(col):
         x = col.to_numpy(dtype=np.float64)
-        cells = np.char.mod("%.9g", x).astype(object)
-        cells[np.isnan(x)] = ""
-        return cells.tolist()
+        cells = [format(v, ".9g") for v in x.tolist()]  # the same text as "%.9g" % v
+        for i in np.flatnonzero(np.isnan(x)).tolist():
+            cells[i] = ""
+        return cells
     if pd.api.types.is_integer_dtype(col) or pd.api.types.is_bool_dtype(col):
-        return [str(int(v)) for v in col.to_numpy()]
+        return [str(v) for v in col.to_numpy(dtype=np.int64).tolist()]
     return ["" if _missing(v) else _quote(str(v)) for v in col.to_numpy(dtype=object)]
 
 
