@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install demo test lint bench-tabular clean
+.PHONY: install demo test lint bench-tabular bench-images clean
 
 install: $(STAMP)
 
@@ -30,6 +30,9 @@ lint: $(STAMP)
 
 bench-tabular: $(STAMP)
 	$(BIN)/python -m benchmarks.tabular
+
+bench-images: $(STAMP)
+	$(BIN)/python -m benchmarks.images --dataset fashion-mnist
 
 clean:
 	rm -rf $(VENV) .prefect mlflow.db mlartifacts reports data/demo

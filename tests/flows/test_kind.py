@@ -1,0 +1,20 @@
+"""A folder is a table dataset when it holds tables and no image; any other folder means images."""
+
+from __future__ import annotations
+
+from flows.image_kind import split_kind
+
+
+def test_a_folder_of_parquet_parts_is_a_table_dataset_and_a_folder_of_pngs_is_images(tmp_path):
+    sales = tmp_path / "sales" / "region=eu"
+    sales.mkdir(parents=True)
+    (sales / "part-0.parquet").write_bytes(b"PAR1")
+    photos = tmp_path / "photos" / "a"
+    photos.mkdir(parents=True)
+    (photos / "x.png").write_bytes(b"\x89PNG")
+    (tmp_path / "photos" / "notes.csv").write_text("a\n1\n")  # a stray table beside images: still images
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert split_kind([str(tmp_path / "sales"), "--out", "r"])[0] == "table"
+    assert split_kind([str(tmp_path / "photos")])[0] == "image"
+    assert split_kind([str(empty)])[0] == "image"  # so an empty image folder gets the image error

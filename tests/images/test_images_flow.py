@@ -1,0 +1,109 @@
+"""The image train and score flows and the explore command under prefect_test_harness (SQLite MLflow)."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.image_kind import split_kind
+
+
+@pytest.fixture(scope="session")
+def registered_image_model(prefect_harness, digit_files) -> dict:
+    """Train + register once through the real train-images flow."""
+    from flows.config import ImageTrainConfig
+    from flows.train_images import train_images
+
+    return train_images(ImageTrainConfig(data=[str(digit_files.train)], model_name="test-images", alpha=0.05,
+                                         max_epochs=8, device="cpu"))
+
+
+def test_kind_is_detected_from_the_input_or_given(tmp_path, digit_files):
+    assert split_kind(["--data", "x.csv", "--alpha", "0.1"]) == ("table", ["--data", "x.csv", "--alpha", "0.1"])
+    assert split_kind([str(digit_files.train), "--alpha", "0.1"])[0] == "image"
+    assert split_kind(["--out", "r", "t10k-images-idx3-ubyte.gz"])[0] == "image"
+    assert split_kind(["--model", "models:/m@a", "a.csv"])[0] == "table"
+    assert split_kind(["photos/**/*.jpg"])[0] == "image" and split_kind(["data/*.csv"])[0] == "table"
+    assert split_kind(["b.npz", "--kind", "image"]) == ("image", ["b.npz"])
+    assert split_kind(["--kind=table", "d/"]) == ("table", ["d/"])
+    with pytest.raises(SystemExit):
+        split_kind(["--kind", "audio"])
+
+
+def test_train_flow_registers_an_image_model(registered_image_model):
+    r = registered_image_model
+    assert r["model_uri"] == "models:/test-images@champion" and r["image_size"] == "8x8" and r["image_mode"] == "L"
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version_by_alias("test-images", "champion")
+    assert str(mv.version) == r["version"] and mv.tags["kind"] == "image"
+    arts = {a.path for a in client.list_artifacts(r["run_id"], "figures")}
+    assert {"figures/prior_samples.png", "figures/train_reconstructions.png"} <= arts
+    assert len(client.get_metric_history(r["run_id"], "val_loss")) == r["epochs"]
+
+
+def test_score_flow_writes_report_and_contact_sheet_and_pyfunc_agrees(registered_image_model, prefect_harness,
+                                                                      digit_files, tmp_path):
+    from flows.config import ImageScoreConfig
+    from flows.score_images import score_images
+
+    (digit_files.new_batch / "zz_corrupt.png").write_bytes(b"not a png")
+    try:
+        [s] = score_images(ImageScoreConfig(inputs=[str(digit_files.new_batch)], model="models:/test-images@champion",
+                                            out=tmp_path, top_k=4))
+    finally:
+        (digit_files.new_batch / "zz_corrupt.png").unlink()
+    report = pd.read_csv(s["report"])
+    assert s["rows"] == len(report) == 131 and s["errors"] == 1 and report["path"].iloc[-1] == "zz_corrupt.png"
+    assert (tmp_path / "new_batch.contact_sheet.png").is_file() and (tmp_path / "new_batch.summary.json").is_file()
+    assert s["model_version"] == registered_image_model["version"]
+    # the contact sheet is logged to the scoring run in MLflow
+    runs = mlflow.search_runs(experiment_names=["vae-anomaly-scoring"], output_format="list")
+    logged = {a.path for r in runs for a in mlflow.MlflowClient().list_artifacts(r.info.run_id, "contact_sheets")}
+    assert "contact_sheets/new_batch.contact_sheet.png" in logged
+    pyfunc = mlflow.pyfunc.load_model("models:/test-images@champion")
+    ok = report[report["error"].isna()]
+    pred = pyfunc.predict(pd.DataFrame({"path": [str(digit_files.new_batch / p) for p in ok["path"]]}))
+    assert np.allclose(pred["score"].to_numpy(), ok["score"].to_numpy(), rtol=1e-7)
+
+
+def test_score_cli_on_images_exit_codes(registered_image_model, prefect_harness, tmp_path, capsys):
+    from flows.score import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main([str(empty), "--kind", "image", "--model", "models:/test-images@champion", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "holds no .png/.jpg/.jpeg/.bmp images" in err[0]
+    code = main([str(empty), "--kind", "image", "--model", "models:/test-images@nope"])
+    assert code == 3 and "not found in the registry" in capsys.readouterr().err
+
+
+def test_image_input_with_a_table_model_is_an_input_error(prefect_harness, digit_files, monkeypatch, capsys):
+    from flows import tracking
+    from flows.score import main
+    from pipeline.detector import VAEAnomalyDetector
+
+    monkeypatch.setattr(tracking, "load_model", lambda uri: tracking.ResolvedModel(VAEAnomalyDetector(), uri, "t", "1"))
+    assert main([str(digit_files.new_batch), "--model", "models:/table@champion"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "but model models:/table@champion is a table model" in err[0]
+
+
+@pytest.mark.parametrize("command", ["samples", "interpolate", "latent", "reconstruct"])
+def test_explore_commands_write_files_and_log_them(registered_image_model, digit_files, tmp_path, command):
+    from flows.explore import main
+
+    files = sorted(p for p in (digit_files.new_batch / "0").iterdir())[:2]
+    args = {"samples": ["--n", "8"], "interpolate": [str(files[0]), str(files[1]), "--steps", "4"],
+            "latent": [str(digit_files.new_batch)], "reconstruct": [str(f) for f in files]}[command]
+    assert main([command, *args, "--model", "models:/test-images@champion", "--out", str(tmp_path)]) == 0
+    expected = {"samples": ["prior_samples.png"], "interpolate": ["interpolation.png"],
+                "latent": ["latent_2d.png", "latent_3d.html"], "reconstruct": ["reconstructions.png"]}[command]
+    assert sorted(p.name for p in tmp_path.iterdir()) == expected
+    assert all((tmp_path / f).stat().st_size > 1000 for f in expected)
+    runs = mlflow.search_runs(experiment_names=["vae-anomaly-explore"], output_format="list",
+                              filter_string=f"tags.command = '{command}'")
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id, command)} == {
+        f"{command}/{f}" for f in expected}

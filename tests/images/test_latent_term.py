@@ -1,0 +1,106 @@
+"""The image detector's latent density term: the score's formula, calibration on it, save / load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.calibrate import conformal_threshold
+from pipeline.density import robust_scale
+from pipeline.errors import InputError
+from pipeline.image_detector import META_FILE, WEIGHTS_FILE, ImageVAEDetector
+from pipeline.split import split_rows
+from vae.conv import ConvVAE, score_images
+from vae.conv_train import ImageTrainConfig
+
+
+def _images(n: int, seed: int) -> np.ndarray:
+    """n blurry 8x8 grey images in [0, 1]: a bright square at a random place, plus noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 0.2, size=(n, 1, 8, 8))
+    for i, (r, c) in enumerate(rng.integers(0, 5, size=(n, 2))):
+        x[i, 0, r : r + 3, c : c + 3] += 0.7
+    return np.clip(x, 0, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[ImageVAEDetector, np.ndarray]:
+    """Two tiny VAEs (2 epochs) with the latent term on (k=1, w=0.7), and their 150 training images."""
+    X = _images(150, 0)
+    det = ImageVAEDetector(alpha=0.1, latent_dim=3, conv_channels=(4, 8), hidden=16, n_models=2, latent_k=1,
+                           latent_weight=0.7, train_config=ImageTrainConfig(max_epochs=2, device="cpu"))
+    return det.fit(X), X
+
+
+def _rec(m: ConvVAE, x: np.ndarray) -> np.ndarray:
+    return score_images(m, torch.from_numpy(x), "recon").double().numpy()
+
+
+def _mu(m: ConvVAE, x: np.ndarray) -> np.ndarray:
+    return m.encode(torch.from_numpy(x))[0].detach().double().numpy()
+
+
+def _nn1(z: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Brute-force Euclidean distance from each row of z to its nearest row of ref."""
+    return np.sqrt(((z[:, None, :] - ref[None, :, :]) ** 2).sum(-1)).min(axis=1)
+
+
+def _by_hand(det: ImageVAEDetector, X: np.ndarray) -> np.ndarray:
+    """The combined score from its definition: brute-force 1-NN, the median / IQR of the validation images."""
+    X_fit = _images(150, 0)
+    split = split_rows(len(X_fit), det.val_fraction, det.cal_fraction, det.seed)
+    train, val = X_fit[split.train], X_fit[split.val]
+    out = []
+    for m in det.models_:
+        ref = _mu(m, train)
+        m_s, s_s = robust_scale(_rec(m, val))
+        m_r, s_r = robust_scale(_nn1(_mu(m, val), ref))
+        out.append((_rec(m, X) - m_s) / s_s + det.latent_weight * (_nn1(_mu(m, X), ref) - m_r) / s_r)
+    return np.mean(out, axis=0)
+
+
+def test_combined_score_equals_its_formula_and_is_calibrated_on(fitted):
+    det, X = fitted
+    new = _images(40, 1)
+    scores = det.score_samples(new)
+    np.testing.assert_allclose(scores, _by_hand(det, new), rtol=1e-5, atol=1e-5)
+    assert np.array_equal(scores, det.score_samples(new))  # deterministic
+    split = split_rows(len(X), det.val_fraction, det.cal_fraction, det.seed)
+    assert np.array_equal(det.calibration_scores_, det.score_samples(X[split.cal]))
+    assert det.threshold_ == conformal_threshold(det.calibration_scores_, det.alpha)
+    assert [c.shape for c in det.latent_codes_] == [(len(split.train), 3)] * 2
+
+
+def test_save_load_round_trips_the_latent_state(fitted, tmp_path):
+    det, _ = fitted
+    new = _images(40, 2)
+    d = det.save(tmp_path / "m")
+    state = torch.load(d / WEIGHTS_FILE, weights_only=True)
+    assert {"latent0", "latent1"} <= set(state)
+    loaded = ImageVAEDetector.load(d)
+    assert (loaded.latent_k, loaded.latent_weight) == (1, 0.7)
+    assert np.array_equal(loaded.score_scale_, det.score_scale_)
+    assert np.array_equal(loaded.score_samples(new), det.score_samples(new))
+
+
+def test_models_saved_before_the_latent_term_still_load(tmp_path):
+    X = _images(150, 0)
+    det = ImageVAEDetector(alpha=0.1, latent_dim=3, conv_channels=(4, 8), hidden=16,
+                           train_config=ImageTrainConfig(max_epochs=1, device="cpu")).fit(X)
+    d = det.save(tmp_path / "old")
+    meta = json.loads((d / META_FILE).read_text())
+    for key in ("latent_k", "latent_weight"):
+        del meta["params"][key]
+    del meta["score_scale"]
+    (d / META_FILE).write_text(json.dumps(meta))
+    loaded = ImageVAEDetector.load(d)
+    assert loaded.latent_k == 0
+    assert np.array_equal(loaded.score_samples(X[:20]), det.score_samples(X[:20]))
+
+
+def test_bad_latent_settings_are_refused():
+    with pytest.raises(InputError, match="latent_k and latent_weight must be >= 0"):
+        ImageVAEDetector(latent_k=-1).fit(_images(150, 0))
