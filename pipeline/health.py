@@ -2,7 +2,8 @@
 
 Two tests, reported on every batch:
 - the flagged count against Binomial(m, level): a two-sided exact binomial test; far more flags
-  than expected means the batch holds anomalies or has shifted;
+  than expected means the batch holds anomalies or has shifted, far fewer that the threshold has
+  become conservative on it;
 - a two-sample Kolmogorov-Smirnov test of the batch's scores against the calibration scores.
 A plain warning is raised when either p-value falls below ``warn_below`` (0.01): a shifted score
 distribution (KS) says "recalibrate or retrain"; an excess of flags alone, with the bulk of the scores
@@ -51,10 +52,14 @@ def batch_health(scores: np.ndarray, calibration_scores: np.ndarray, flagged: in
         warning = (f"batch looks shifted from the training data: its scores differ from the calibration scores "
                    f"(KS={ks.statistic:.3f}, p={ks.pvalue:.2g})" + (f"; {excess}" if binom_p < warn_below else "")
                    + ": recalibrate or retrain")
-    elif binom_p < warn_below:
+    elif binom_p < warn_below and flagged > m * rate:
         # The bulk of the scores still matches calibration: many anomalies is as likely as a shift.
         warning = (f"{excess}: this batch holds more anomalies than the false-positive rate explains; if most "
                    "flagged rows look normal, it has shifted: recalibrate or retrain")
+    elif binom_p < warn_below:
+        warning = (f"{excess}: fewer rows than the false-positive rate predicts score high, so the threshold is "
+                   "more conservative on this batch than calibrated (fewer false alarms, possibly missed "
+                   "anomalies); if this persists, recalibrate")
     else:
         warning = ""
     return BatchHealth(m, int(flagged), rate, flagged / m, binom_p, float(ks.statistic), float(ks.pvalue), warning)

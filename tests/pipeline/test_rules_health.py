@@ -107,3 +107,16 @@ def test_labelled_metrics_and_f1_optimal_threshold():
     assert f1_optimal_threshold(np.zeros(5, int), s) is None
     with pytest.raises(InputError, match=r"label column 'y' must hold 0 or 1 \(1 = anomaly\), row 1 holds 'x'"):
         labels_from(np.array([0, "x"], dtype=object), "y")
+
+
+def test_health_says_fewer_flags_than_expected_when_the_threshold_turns_conservative():
+    rng = np.random.default_rng(2)
+    cal = rng.normal(size=4000)
+    t = conformal_threshold(cal, 0.05)
+    # the same bulk, with the rows above the threshold pulled just below it: no flags where ~5% were expected
+    low = rng.normal(size=500)
+    low[low > t] = t - 0.01
+    h = batch_health(low, cal, int((low > t).sum()), 0.05)
+    assert h.flagged == 0 and h.binomial_pvalue < 0.01 and h.ks_pvalue > 0.01
+    assert "fewer rows than the false-positive rate predicts" in h.warning
+    assert "more anomalies" not in h.warning
