@@ -23,9 +23,12 @@ from flows import tracking
 from flows.cli import ArgumentParser, run
 from flows.config import ScoreConfig
 from flows.outcome import UserError, user_errors
+from flows.parallel import run_each
+from flows.progress import progress_bar
 from flows.settings import redact
 from pipeline import scoring
 from pipeline.errors import InputError
+from pipeline.inbox import expand_inputs
 from pipeline.report import report_path
 from pipeline.rules import FlagRule
 
@@ -36,7 +39,7 @@ log = logging.getLogger(__name__)
 def load_model(model_uri: str) -> tracking.ResolvedModel | UserError:
     try:
         tracking.setup()
-        return tracking.load_model(model_uri)
+        return tracking.load_model(model_uri)  # leaves sys.path as it was (Dask workers copy it)
     except user_errors() as e:
         return UserError.of(e)
 
@@ -50,12 +53,15 @@ def flag_rule(config: ScoreConfig, model_alpha: float) -> FlagRule:
 
 
 @task(cache_policy=NO_CACHE)
-def score_file(model: tracking.ResolvedModel, path: Path, config: ScoreConfig) -> dict[str, Any] | UserError:
+def score_file(model: tracking.ResolvedModel, path: Path, config: ScoreConfig,
+               out: Path | None = None) -> dict[str, Any] | UserError:
+    out = config.out if out is None else out  # a part of a dataset folder: its folder under config.out
     try:
-        s = scoring.score_file(model.detector, path, config.out, model.uri, model.name, model.version,
-                               rule=flag_rule(config, model.detector.alpha), label_column=config.label_column,
-                               f1_optimal=config.f1_optimal)
-        target = report_path(config.out, path).with_name(f"{Path(path).stem}.summary.json")
+        with progress_bar(Path(path).name) as progress:  # a bar on long runs, in a terminal only
+            s = scoring.score_file(model.detector, path, out, model.uri, model.name, model.version,
+                                   rule=flag_rule(config, model.detector.alpha), label_column=config.label_column,
+                                   f1_optimal=config.f1_optimal, progress=progress)
+        target = report_path(out, path).with_name(f"{Path(path).stem}.summary.json")
         try:
             scoring.write_summary(s, target)
         except OSError as e:
@@ -87,7 +93,9 @@ def score(config: ScoreConfig) -> list[dict[str, Any]]:
     model = load_model(config.model)
     if isinstance(model, UserError):
         return Failed(message=model.message, data=[model])  # type: ignore[return-value]
-    results = [score_file(model, p, config) for p in config.inputs]
+    # In order, or in parallel on Dask (config.dask_*); a folder input is a dataset: one task per part.
+    results = run_each(score_file, [{"model": model, "path": p, "config": config, "out": out}
+                                    for p, out in expand_inputs(config.inputs, config.out)], config)
     summaries = [r for r in results if not isinstance(r, UserError)]
     errors = [r for r in results if isinstance(r, UserError)]
     publish_summary(summaries, [e.message for e in errors], config.experiment)
@@ -99,7 +107,8 @@ def score(config: ScoreConfig) -> list[dict[str, Any]]:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m flows.score", description=__doc__.split("\n")[0])
-    p.add_argument("inputs", nargs="+", type=Path, help="CSV or Parquet files to score")
+    p.add_argument("inputs", nargs="+", type=Path,
+                   help="CSV or Parquet files to score, or folders of them (a partitioned dataset)")
     p.add_argument("--model", default="models:/vae-anomaly@champion",
                    help="MLflow model URI (default: models:/vae-anomaly@champion)")
     p.add_argument("--out", type=Path, default=Path("reports"), help="report folder (default: reports/)")
@@ -111,6 +120,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--label-column", default=None, help="0/1 column (1 = anomaly): report precision, recall, AUROC")
     p.add_argument("--f1-optimal", action="store_true",
                    help="with labelled anomalies, flag at the F1-optimal threshold")
+    dask = p.add_argument_group("parallel scoring on Dask, one task per file or dataset part (default: in order)")
+    dask.add_argument("--dask-address", default=None, help="scheduler of an existing cluster, e.g. tcp://host:8786")
+    dask.add_argument("--dask-workers", type=int, default=None, help="start a LocalCluster with N workers")
+    dask.add_argument("--dask-threads", dest="dask_processes", action="store_false",
+                      help="LocalCluster workers are threads of this process, not processes")
     return p
 
 
@@ -132,6 +146,13 @@ def print_summary(s: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows.image_kind import split_kind
+
+    kind, argv = split_kind(sys.argv[1:] if argv is None else list(argv))
+    if kind == "image":  # --kind image, or an image input (folder, image file, glob, IDX)
+        from flows.score_images import main as image_main
+
+        return image_main(argv)
     args = build_parser().parse_args(argv)
 
     def body() -> int:

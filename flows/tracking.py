@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 import tempfile
 import time
 import warnings
@@ -68,11 +70,43 @@ def setup(experiment: str | None = None) -> str:
 
 
 def _translate(e: Exception, uri: str) -> Exception:
-    """Connection failures become TrackingUnavailable with a clean message."""
+    """Connection failures, and answers that are not MLflow's, become TrackingUnavailable with a clean message.
+
+    MLflow retries refused connections, timeouts and HTTP 408/429/5xx with exponential backoff
+    (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``_BACKOFF_FACTOR``, set in flows.settings) before it raises.
+    """
     text = f"{type(e).__name__}: {e}"
+    if m := re.search(r"too many (\d{3}) error responses", text):
+        retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "")
+        return TrackingUnavailable(f"cannot reach the MLflow tracking server at {redact(uri)}: it answered "
+                                   f"HTTP {m[1]} to every try ({retries} retries with backoff)")
     if re.search(r"Connection|Max retries|timed out|refused|Name or service", text):
         return TrackingUnavailable(f"cannot reach the MLflow tracking server at {redact(uri)}")
+    if answer := _not_mlflow_answer(e, text):
+        status, what = answer
+        if status in ("401", "403"):
+            return TrackingUnavailable(f"the tracking server at {redact(uri)} refused the request ({what}): check "
+                                       "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN")
+        return TrackingUnavailable(f"the server at {redact(uri)} is not an MLflow tracking server: {what}: "
+                                   "check MLFLOW_TRACKING_URI")
     return e
+
+
+def _not_mlflow_answer(e: Exception, text: str) -> tuple[str, str] | None:
+    """(HTTP status, what it answered) when an HTTP answer did not come from MLflow's REST API, else None.
+
+    MLflow's server answers every REST error with JSON holding an ``error_code``; MLflow's client raises
+    "API request to endpoint ... failed with error code 404 != 200" when the body is not JSON (another web
+    server, a proxy page), and a RestException without ``error_code`` for foreign JSON (``{"detail": ...}``).
+    """
+    if m := re.search(r"API request to endpoint (\S+) failed with error code (\d{3})", text):
+        return m[2], f"it answered HTTP {m[2]} to {m[1]} without MLflow's JSON error"
+    if "API request to endpoint was successful but the response body was not in a valid JSON" in text:
+        return "200", "it answered a REST call with a body that is not JSON"
+    body = getattr(e, "json", None)
+    if isinstance(body, dict) and "error_code" not in body:
+        return "", f"it answered a REST call with JSON that is not MLflow's: {str(body)[:80]}"
+    return None
 
 
 def _first_line(e: BaseException) -> str:
@@ -188,6 +222,9 @@ def load_model(model_uri: str) -> ResolvedModel:
 
     uri = mlflow.get_tracking_uri()
     name = version = None
+    # MLflow prepends the model's code snapshot (code_paths) to sys.path: later imports in this process, and
+    # Dask worker processes (which start with a copy of sys.path), would load that old copy of our packages.
+    path = list(sys.path)
     try:
         client = mlflow.MlflowClient()
         if m := _ALIAS_URI.match(model_uri):
@@ -211,6 +248,8 @@ def load_model(model_uri: str) -> ResolvedModel:
             raise t from e
         # a corrupt or foreign model folder: never a traceback, never the credentials of the URI
         raise ModelError(f"model {model_uri} cannot be loaded: {type(e).__name__}: {_first_line(e)}") from e
+    finally:
+        sys.path[:] = path
     python_model = model.unwrap_python_model()
     return ResolvedModel(python_model.detector, model_uri, name, version)
 

@@ -127,12 +127,25 @@ def register_model(
         return UserError.of(e)
 
 
+@task(cache_policy=NO_CACHE)
+def check_tracking(config: TrainConfig) -> UserError | None:
+    """Reach the tracking server (and create the experiment) before spending time on training."""
+    try:
+        tracking.setup(config.experiment)
+        return None
+    except user_errors() as e:
+        return UserError.of(e)
+
+
 @flow(name="train", log_prints=True)
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train, calibrate and register a VAE anomaly detector; returns a summary."""
     df = load_training_data(config)
     if isinstance(df, UserError):
         return Failed(message=df.message, data=df)  # type: ignore[return-value]
+    unreachable = check_tracking(config)
+    if unreachable is not None:
+        return Failed(message=unreachable.message, data=unreachable)  # type: ignore[return-value]
     det = fit_detector(df, config)
     if isinstance(det, UserError):
         return Failed(message=det.message, data=det)  # type: ignore[return-value]
@@ -171,6 +184,13 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows.image_kind import split_kind
+
+    kind, argv = split_kind(sys.argv[1:] if argv is None else list(argv))
+    if kind == "image":  # --kind image, or an image input (folder, image file, glob, IDX)
+        from flows.train_images import main as image_main
+
+        return image_main(argv)
     args = build_parser().parse_args(argv)
 
     def body() -> int:
