@@ -88,7 +88,7 @@ def test_save_load_round_trips_the_latent_state(fitted, tmp_path):
 
 def test_models_saved_before_the_latent_term_still_load(tmp_path):
     X = _images(150, 0)
-    det = ImageVAEDetector(alpha=0.1, latent_dim=3, conv_channels=(4, 8), hidden=16,
+    det = ImageVAEDetector(alpha=0.1, latent_dim=3, conv_channels=(4, 8), hidden=16, latent_k=0,
                            train_config=ImageTrainConfig(max_epochs=1, device="cpu")).fit(X)
     d = det.save(tmp_path / "old")
     meta = json.loads((d / META_FILE).read_text())
