@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         if args.images == "only":
-            return image_demo(args.data_dir / "images", args.out, f"{args.model_name}-images")
+            return image_demo(args.data_dir / "images", args.out / "images", f"{args.model_name}-images")
         from sklearn.metrics import roc_auc_score
 
         from flows.score import print_summary, score
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
               f"  .venv/bin/mlflow ui --backend-store-uri {redact(tracking_uri())} --port 5000")
         print(f"REPORT: {s['report']}")
         if args.images == "yes":
-            return image_demo(args.data_dir / "images", args.out, f"{args.model_name}-images")
+            return image_demo(args.data_dir / "images", args.out / "images", f"{args.model_name}-images")
         return 0
 
     return run("python -m flows.demo", body)
