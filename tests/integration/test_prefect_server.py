@@ -114,6 +114,8 @@ def test_served_score_inbox_scores_a_dropped_file_in_a_scheduled_run(registered_
         run = _wait("the flow run to complete", lambda: (r := _api(f"{api}/flow_runs/{entry.run_id}"))["state_type"]
                     == "COMPLETED" and r, 30, procs)
         assert run["auto_scheduled"] is True and run["deployment_id"]  # created by the server's scheduler
+        # the report is renamed into place before the manifest row is marked done: read the row again
+        [entry] = Manifest(outbox / "manifest.sqlite3").entries()
         assert entry.status == "done" and entry.path == "batch.csv" and entry.report == str(report)
         assert len(report.read_text().splitlines()) == 41
         completed = _api(f"{api}/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}})
