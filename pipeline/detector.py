@@ -23,20 +23,19 @@ from pipeline.calibrate import check_alpha, conformal_threshold, min_calibration
 from pipeline.density import LatentKNN, reference_rows, robust_scale
 from pipeline.errors import InputError, ModelError
 from pipeline.metrics import labels_from
+from pipeline.model_files import CAL_FILE, WEIGHTS_FILE, restore_members, write_model_files
 from pipeline.preprocess import Preprocessor
 from pipeline.schema import Schema, infer_schema
 from pipeline.split import split_rows
 from vae.config import ModelConfig, TrainConfig
 from vae.model import MISSING, TabularBatch, TabularVAE
 from vae.score import SCORE_METHODS, feature_contributions, posterior_means, score_rows
-from vae.train import TrainHistory, fit, resolve_device
+from vae.train import TrainHistory, fit
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "weights.pt"
 META_FILE = "detector.json"
-CAL_FILE = "calibration_scores.npy"
 SCORE_CHUNK = 65536
 
 
@@ -331,12 +330,7 @@ class VAEAnomalyDetector:
             "n_rows": self.n_rows_,
             "histories": [asdict(h) for h in self.histories_],
         }
-        (d / META_FILE).write_text(json.dumps(meta, indent=1))
-        np.save(d / CAL_FILE, self.calibration_scores_)
-        state: dict[str, Any] = {f"member{i}": m.state_dict() for i, m in enumerate(self.models_)}
-        state |= {f"latent{i}": torch.from_numpy(c) for i, c in enumerate(self.latent_codes_)}
-        torch.save(state, d / WEIGHTS_FILE)
-        return d
+        return write_model_files(d, META_FILE, meta, self)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> VAEAnomalyDetector:
@@ -360,23 +354,9 @@ class VAEAnomalyDetector:
             det.schema_ = Schema.from_dict(meta["schema"])
             det.preprocessor_ = Preprocessor.from_dict(det.schema_, meta["preprocessor"])
             det.model_config_ = ModelConfig.from_dict(meta["model_config"])
-            state = torch.load(d / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-            det.models_ = []
-            for i in range(det.n_models):
-                model = TabularVAE(det.model_config_)
-                model.load_state_dict(state[f"member{i}"])
-                det.models_.append(model.to(resolve_device(device)).eval())
-            det.latent_codes_ = [state[f"latent{i}"].numpy() for i in range(det.n_models)] if det.latent_k else []
-            scale = meta.get("score_scale")
-            det.score_scale_ = None if scale is None else np.asarray(scale, dtype=np.float64)
-            det._knn = None
-            det.threshold_ = float(meta["threshold"])
-            det.calibration_scores_ = np.load(d / CAL_FILE, allow_pickle=False)
+            restore_members(det, d, meta, lambda: TabularVAE(det.model_config_), device)
             baseline = meta.get("feature_nll_baseline")  # absent in models saved before attribution existed
             det.feature_nll_baseline_ = None if baseline is None else np.asarray(baseline, dtype=np.float64)
-            det.n_rows_ = meta["n_rows"]
-            det.histories_ = [TrainHistory(**h) for h in meta["histories"]]
-            det.history_ = det.histories_[0]
         except ModelError:
             raise
         except pickle.UnpicklingError as e:  # weights_only=True refused a non-tensor object: never run it

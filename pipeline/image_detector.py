@@ -24,15 +24,14 @@ import torch
 from pipeline.calibrate import check_alpha, conformal_threshold, min_calibration_rows
 from pipeline.density import LatentKNN, reference_rows, robust_scale
 from pipeline.errors import InputError, ModelError
+from pipeline.model_files import CAL_FILE, WEIGHTS_FILE, restore_members, write_model_files
 from pipeline.split import split_rows
 from vae.conv import IMAGE_LIKELIHOODS, IMAGE_SCORE_METHODS, ConvVAE, ConvVAEConfig, reconstruct, score_images
 from vae.conv_train import ImageTrainConfig, fit_images
-from vae.train import TrainHistory, resolve_device
+from vae.train import TrainHistory
 
 FORMAT_VERSION = 1
 META_FILE = "image_detector.json"  # its presence marks an image model folder
-WEIGHTS_FILE = "weights.pt"
-CAL_FILE = "calibration_scores.npy"
 CHUNK = 1024
 
 
@@ -253,12 +252,7 @@ class ImageVAEDetector:
                 "model_config": self.config_.to_dict(), "threshold": self.threshold_, "n_rows": self.n_rows_,
                 "score_scale": None if self.score_scale_ is None else self.score_scale_.tolist(),
                 "histories": [h.__dict__ for h in self.histories_]}
-        (d / META_FILE).write_text(json.dumps(meta, indent=1))
-        np.save(d / CAL_FILE, self.calibration_scores_)
-        state: dict[str, Any] = {f"member{i}": m.state_dict() for i, m in enumerate(self.models_)}
-        state |= {f"latent{i}": torch.from_numpy(c) for i, c in enumerate(self.latent_codes_)}
-        torch.save(state, d / WEIGHTS_FILE)
-        return d
+        return write_model_files(d, META_FILE, meta, self)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> ImageVAEDetector:
@@ -280,21 +274,7 @@ class ImageVAEDetector:
             tc = ImageTrainConfig(**meta["train_config"]) if meta.get("train_config") else None
             det = cls(**p, train_config=tc)
             det.config_ = ConvVAEConfig.from_dict(meta["model_config"])
-            state = torch.load(d / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-            det.models_ = []
-            for i in range(det.n_models):
-                model = ConvVAE(det.config_)
-                model.load_state_dict(state[f"member{i}"])
-                det.models_.append(model.to(resolve_device(device)).eval())
-            det.latent_codes_ = [state[f"latent{i}"].numpy() for i in range(det.n_models)] if det.latent_k else []
-            scale = meta.get("score_scale")
-            det.score_scale_ = None if scale is None else np.asarray(scale, dtype=np.float64)
-            det._knn = None
-            det.threshold_ = float(meta["threshold"])
-            det.calibration_scores_ = np.load(d / CAL_FILE, allow_pickle=False)
-            det.n_rows_ = meta["n_rows"]
-            det.histories_ = [TrainHistory(**h) for h in meta["histories"]]
-            det.history_ = det.histories_[0]
+            restore_members(det, d, meta, lambda: ConvVAE(det.config_), device)
         except ModelError:
             raise
         except pickle.UnpicklingError as e:  # weights_only=True refused a non-tensor object: never run it
