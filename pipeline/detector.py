@@ -29,7 +29,7 @@ from pipeline.schema import Schema, infer_schema
 from pipeline.split import split_rows
 from vae.config import ModelConfig, TrainConfig
 from vae.model import MISSING, TabularBatch, TabularVAE
-from vae.score import SCORE_METHODS, feature_contributions, posterior_means, score_rows
+from vae.score import SCORE_METHODS, MemberPass, decoded_means, posterior_means, score_pass, score_rows
 from vae.train import TrainHistory, fit
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class VAEAnomalyDetector:
             yield self.preprocessor_.transform(features.iloc[start : start + SCORE_CHUNK])
 
     def score_validated(self, features: pd.DataFrame) -> np.ndarray:
-        out = [self._score_batch(b) for b in self._batches(features)]
+        out = [self._combine(self._passes(b, explain=False)) for b in self._batches(features)]
         return np.concatenate(out) if out else np.zeros(0)
 
     def explain_validated(self, features: pd.DataFrame) -> Explanation:
@@ -228,16 +228,18 @@ class VAEAnomalyDetector:
         return self._explain(features)
 
     def score_and_explain(self, features: pd.DataFrame) -> tuple[np.ndarray, Explanation]:
-        """Scores and attribution of validated rows in one pass (each chunk is encoded once)."""
+        """Scores and attribution of validated rows in one pass: each VAE encodes each chunk once for
+        the score, the latent term and the attribution, and once more with the top feature masked."""
         self._check_fitted()
         scores, parts = [], []
         for b in self._batches(features):
-            scores.append(self._score_batch(b))
-            parts.append(self._explain_batch(b))
+            passes = self._passes(b, explain=True)
+            scores.append(self._combine(passes))
+            parts.append(self._explain_batch(b, passes))
         return (np.concatenate(scores) if scores else np.zeros(0)), self._join(parts)
 
     def _explain(self, features: pd.DataFrame) -> Explanation:
-        return self._join([self._explain_batch(b) for b in self._batches(features)])
+        return self._join([self._explain_batch(b, self._passes(b, explain=True)) for b in self._batches(features)])
 
     def _join(self, parts: list[Explanation]) -> Explanation:
         if not parts:
@@ -250,8 +252,12 @@ class VAEAnomalyDetector:
             [np.concatenate([p.likely_codes[j] for p in parts]) for j in range(len(self.schema_.categorical))],
         )
 
-    def _explain_batch(self, batch: TabularBatch) -> Explanation:
-        nll = np.mean([feature_contributions(m, batch)[0] for m in self.models_], axis=0)
+    def _passes(self, batch: TabularBatch, explain: bool) -> list[MemberPass]:
+        """One :func:`vae.score.score_pass` per VAE of the ensemble."""
+        return [score_pass(m, batch, self.score_method, self.n_draws, explain=explain) for m in self.models_]
+
+    def _explain_batch(self, batch: TabularBatch, passes: list[MemberPass]) -> Explanation:
+        nll = np.mean([p.nll.cpu().numpy() for p in passes if p.nll is not None], axis=0)
         baseline = getattr(self, "feature_nll_baseline_", None)
         excess = np.maximum(nll - (baseline if baseline is not None else 0.0), 0.0)
         # What the model expects for each row's top feature given the *other* features: that cell is
@@ -264,20 +270,20 @@ class VAEAnomalyDetector:
         mask[rows[num_rows], top[num_rows]] = 0.0
         codes[rows[~num_rows], top[~num_rows] - n_num] = MISSING
         masked = TabularBatch(batch.x_num, mask, codes)
-        members = [feature_contributions(m, masked) for m in self.models_]
-        expected = self.preprocessor_.inverse_numeric(np.mean([m[1] for m in members], axis=0))
-        likely = list(members[0][2])  # the first member's most likely category
+        members = [decoded_means(m, masked) for m in self.models_]
+        expected = self.preprocessor_.inverse_numeric(np.mean([m[0] for m in members], axis=0))
+        likely = list(members[0][1])  # the first member's most likely category
         return Explanation(nll, excess, expected, likely)
 
-    def _score_batch(self, batch: TabularBatch) -> np.ndarray:
+    def _combine(self, passes: list[MemberPass]) -> np.ndarray:
         """Mean over the VAEs of the -ELBO (or IWAE / recon) score, plus the latent term when on."""
-        member = [score_rows(m, batch, self.score_method, self.n_draws).double().cpu().numpy() for m in self.models_]
+        member = [p.score.double().cpu().numpy() for p in passes]
         if not self.latent_k:
             return np.mean(member, axis=0)
         combined = []
-        for i, (m, knn) in enumerate(zip(self.models_, self._latent_knns(), strict=True)):
+        for i, (p, knn) in enumerate(zip(passes, self._latent_knns(), strict=True)):
             m_e, s_e, m_r, s_r = self.score_scale_[i]
-            r = knn.distance(posterior_means(m, batch))
+            r = knn.distance(p.mu.double().cpu().numpy())
             combined.append((member[i] - m_e) / s_e + self.latent_weight * (r - m_r) / s_r)
         return np.mean(combined, axis=0)
 

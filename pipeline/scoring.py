@@ -45,7 +45,7 @@ import torch
 
 from pipeline.attribution import attribution_columns
 from pipeline.calibrate import p_values
-from pipeline.detector import SCORE_CHUNK, VAEAnomalyDetector
+from pipeline.detector import SCORE_CHUNK, Explanation, VAEAnomalyDetector
 from pipeline.errors import InputError
 from pipeline.health import batch_health
 from pipeline.io import iter_table, sha256_file
@@ -188,13 +188,11 @@ class _Run:
                     out.write(csv_header(self.columns))
                     if self.two_pass:
                         spill = _Spill(self.out_dir)
-                part = self._score_chunk(chunk, features)
+                scored = self._score_chunk(chunk, features)
                 if pending is not None:
                     pending.result()  # at most one chunk waits to be written: bounded memory
-                if spill is not None:
-                    pending = pool.submit(spill.write, part)
-                else:
-                    pending = pool.submit(_write_lines, self._final_frame(part, self._chunk_flags(part)), out)
+                # The report text of this chunk is made and written in the pool while the model scores the next.
+                pending = pool.submit(self._write_chunk, chunk, scored, self.rows, out, spill)
                 self.rows += len(chunk)
                 if progress is not None:
                     progress(self.rows, self.position)
@@ -235,8 +233,8 @@ class _Run:
         self.columns = ["row", *det.schema_.id_columns, "score", "threshold", "is_anomaly", "p_value",
                         *(["q_value"] if self.rule.kind == "fdr" else []), *ATTRIBUTION]
 
-    def _score_chunk(self, chunk: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
-        """The chunk's report columns that do not depend on the rest of the file (typed)."""
+    def _score_chunk(self, chunk: pd.DataFrame, features: pd.DataFrame) -> tuple[np.ndarray, Explanation]:
+        """The model's part of a chunk: its scores (checked finite) and attribution; keeps scores and labels."""
         det, offset = self.det, self.rows
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected by check_finite, row by row
             scores, explanation = det.score_and_explain(features)
@@ -247,6 +245,21 @@ class _Run:
             except InputError as e:
                 raise _at_row(e, offset) from e
         self.scores.append(scores)
+        return scores, explanation
+
+    def _write_chunk(self, chunk: pd.DataFrame, scored: tuple[np.ndarray, Explanation], offset: int,
+                     out: TextIO, spill: _Spill | None) -> None:
+        """Report lines of one scored chunk to ``out`` (or its typed columns to the spill). Chunks are
+        written one at a time, in order: the caller waits for the previous one before submitting."""
+        part = self._part(chunk, *scored, offset)
+        if spill is not None:
+            spill.write(part)
+        else:
+            _write_lines(self._final_frame(part, self._chunk_flags(part)), out)
+
+    def _part(self, chunk: pd.DataFrame, scores: np.ndarray, explanation: Explanation, offset: int) -> pd.DataFrame:
+        """The chunk's report columns that do not depend on the rest of the file (typed)."""
+        det = self.det
         part = pd.DataFrame({"row": np.arange(offset, offset + len(chunk), dtype=np.int64)})
         for c in det.schema_.id_columns:
             part[c] = pd.Series([neutralise_cell(v) for v in chunk[c].to_numpy(dtype=object)], dtype=object)

@@ -80,7 +80,12 @@ def kl_standard_normal(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
 
 def feature_nll(model: TabularVAE, batch: TabularBatch, z: torch.Tensor) -> torch.Tensor:
     """(n, n_numeric + n_categorical) per-feature negative log-likelihood -log p(x_j | z)."""
-    num_mean, logits = model.decode(z)
+    return decoded_feature_nll(model, batch, *model.decode(z))
+
+
+def decoded_feature_nll(model: TabularVAE, batch: TabularBatch, num_mean: torch.Tensor,
+                        logits: list[torch.Tensor]) -> torch.Tensor:
+    """:func:`feature_nll` from an already decoded ``model.decode(z)`` (numeric means, logits)."""
     parts = []
     if model.config.n_numeric:
         cfg = model.config
@@ -88,7 +93,9 @@ def feature_nll(model: TabularVAE, batch: TabularBatch, z: torch.Tensor) -> torc
                                  cfg.likelihood, cfg.nu))
     for j, lg in enumerate(logits):
         parts.append(categorical_nll(batch.x_cat[:, j], lg).unsqueeze(1))
-    return torch.cat(parts, dim=1)
+    # Row-major like torch.cat's result (a decoder output can come back column-major): row sums then
+    # add up in the same order whatever the number of parts, so scores do not depend on it.
+    return parts[0].contiguous() if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def kl_free_bits(mu: torch.Tensor, log_var: torch.Tensor, free_bits: float) -> torch.Tensor:
@@ -102,7 +109,8 @@ def kl_free_bits(mu: torch.Tensor, log_var: torch.Tensor, free_bits: float) -> t
 
 
 def negative_elbo(
-    model: TabularVAE, batch: TabularBatch, eps: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0
+    model: TabularVAE, batch: TabularBatch, eps: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0,
+    posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(n,) -ELBO per row: Monte Carlo over k reparameterisation draws, KL in closed form.
 
@@ -111,8 +119,9 @@ def negative_elbo(
             rows (scoring shares them, so a row's score does not depend on its neighbours).
         beta: weight of the KL term (1.0 gives the true negative ELBO).
         free_bits: with > 0, the KL term is :func:`kl_free_bits` (a training loss, not the ELBO).
+        posterior: ``model.encode(batch)`` when the caller has it already (saves an encoder pass).
     """
-    mu, log_var = model.encode(batch)
+    mu, log_var = posterior if posterior is not None else model.encode(batch)
     if free_bits > 0:
         kl = kl_free_bits(mu.float(), log_var.float(), free_bits)
     else:
@@ -123,13 +132,14 @@ def negative_elbo(
     return recon + beta * kl
 
 
-def iwae_log_likelihood(model: TabularVAE, batch: TabularBatch, eps: torch.Tensor) -> torch.Tensor:
+def iwae_log_likelihood(model: TabularVAE, batch: TabularBatch, eps: torch.Tensor,
+                        posterior: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """(n,) importance-weighted estimate of log p(x) with k draws, eps (k, 1 or n, latent_dim).
 
     log p(x) ~= log (1/k) sum_i p(x | z_i) p(z_i) / q(z_i | x),  z_i = mu + sigma * eps_i
-    (Burda, Grosse & Salakhutdinov 2016).
+    (Burda, Grosse & Salakhutdinov 2016). ``posterior``: as in :func:`negative_elbo`.
     """
-    mu, log_var = model.encode(batch)
+    mu, log_var = posterior if posterior is not None else model.encode(batch)
     mu, log_var = mu.float(), log_var.float()
     terms = []
     for e in eps:

@@ -8,11 +8,12 @@ every call, in every batch, on every device (up to float rounding of the device)
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from vae.elbo import feature_nll, iwae_log_likelihood, negative_elbo
+from vae.elbo import decoded_feature_nll, feature_nll, iwae_log_likelihood, negative_elbo
 from vae.model import TabularBatch, TabularVAE
 
 SCORE_METHODS = ("elbo", "iwae", "recon")
@@ -25,7 +26,44 @@ def fixed_eps(latent_dim: int, k: int, device: torch.device | str = "cpu") -> to
     return torch.randn((k, 1, latent_dim), generator=gen).to(device)
 
 
+class MemberPass(NamedTuple):
+    """What one VAE gives a batch of rows in one pass (one encoder pass shared by all three)."""
+
+    score: torch.Tensor
+    """(n,) anomaly score (see :func:`score_rows`)."""
+    mu: torch.Tensor
+    """(n, latent_dim) posterior means mu(x)."""
+    nll: torch.Tensor | None
+    """(n, n_numeric + n_categorical) per-feature -log p(x_j | z = mu(x)), when asked for."""
+
+
 @torch.no_grad()
+def score_pass(
+    model: TabularVAE, batch: TabularBatch, method: str = "elbo", k: int = 16, explain: bool = False
+) -> MemberPass:
+    """Score, posterior means and (with ``explain``) per-feature NLL at the posterior mean, encoding once.
+
+    The values are exactly those of :func:`score_rows`, :func:`posterior_means` and
+    :func:`feature_contributions` called one by one on the same batch.
+    """
+    if method not in SCORE_METHODS:
+        raise ValueError(f"score method must be one of {SCORE_METHODS}, got {method!r}")
+    model.eval()
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    mu, log_var = model.encode(batch)
+    nll = feature_nll(model, batch, mu) if explain or method == "recon" else None
+    if method == "elbo":
+        score = negative_elbo(model, batch, fixed_eps(model.config.latent_dim, k, device), posterior=(mu, log_var))
+    elif method == "iwae":
+        score = -iwae_log_likelihood(model, batch, fixed_eps(model.config.latent_dim, k, device),
+                                     posterior=(mu, log_var))
+    else:
+        assert nll is not None
+        score = nll.sum(dim=1)
+    return MemberPass(score, mu, nll if explain else None)
+
+
 def score_rows(model: TabularVAE, batch: TabularBatch, method: str = "elbo", k: int = 16) -> torch.Tensor:
     """(n,) anomaly score of each row.
 
@@ -34,17 +72,17 @@ def score_rows(model: TabularVAE, batch: TabularBatch, method: str = "elbo", k: 
         ``iwae``: negative importance-weighted log-likelihood with k fixed draws;
         ``recon``: reconstruction negative log-likelihood at the posterior mean (no KL).
     """
+    return score_pass(model, batch, method, k).score
+
+
+@torch.no_grad()
+def decoded_means(model: TabularVAE, batch: TabularBatch) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The decoded expectation at the posterior mean: numeric means (n, n_numeric) in the model's
+    standardised units, and one (n,) array per categorical feature with its most likely code."""
     model.eval()
     device = next(model.parameters()).device
-    batch = batch.to(device)
-    if method == "elbo":
-        return negative_elbo(model, batch, fixed_eps(model.config.latent_dim, k, device))
-    if method == "iwae":
-        return -iwae_log_likelihood(model, batch, fixed_eps(model.config.latent_dim, k, device))
-    if method == "recon":
-        mu, _ = model.encode(batch)
-        return feature_nll(model, batch, mu).sum(dim=1)
-    raise ValueError(f"score method must be one of {SCORE_METHODS}, got {method!r}")
+    mean, logits = model.decode(model.encode(batch.to(device))[0])
+    return mean.float().cpu().numpy(), [lg.argmax(dim=1).cpu().numpy() for lg in logits]
 
 
 @torch.no_grad()
@@ -62,8 +100,8 @@ def feature_contributions(
     device = next(model.parameters()).device
     batch = batch.to(device)
     mu, _ = model.encode(batch)
-    nll = feature_nll(model, batch, mu)
     mean, logits = model.decode(mu)
+    nll = decoded_feature_nll(model, batch, mean, logits)
     return nll.cpu().numpy(), mean.float().cpu().numpy(), [lg.argmax(dim=1).cpu().numpy() for lg in logits]
 
 

@@ -42,3 +42,13 @@ def test_reference_rows_keep_everything_below_the_cap_and_subsample_seeded_above
     assert np.array_equal(reference_rows(5, seed=0, cap=10), np.arange(5))
     a, b = reference_rows(100, seed=3, cap=10), reference_rows(100, seed=3, cap=10)
     assert np.array_equal(a, b) and len(np.unique(a)) == 10 and np.all(np.diff(a) > 0)
+
+
+@pytest.mark.parametrize("dim", [2, 15, 16, 24])
+def test_knn_distance_is_exact_on_both_sides_of_the_tree_or_brute_force_switch(dim):
+    rng = np.random.default_rng(dim)
+    ref, q = rng.normal(size=(300, dim)), rng.normal(size=(40, dim)) * 1.5
+    knn = LatentKNN(ref, 3)
+    assert (knn._tree is not None) == (dim <= 15)
+    brute = np.sort(np.linalg.norm(q[:, None, :] - ref[None, :, :], axis=2), axis=1)[:, 2]
+    assert np.allclose(knn.distance(q), brute, rtol=1e-12)

@@ -120,3 +120,18 @@ def test_health_says_fewer_flags_than_expected_when_the_threshold_turns_conserva
     assert h.flagged == 0 and h.binomial_pvalue < 0.01 and h.ks_pvalue > 0.01
     assert "fewer rows than the false-positive rate predicts" in h.warning
     assert "more anomalies" not in h.warning
+
+
+@pytest.mark.parametrize("n,m,decimals", [(50, 30, None), (9_000, 500, 1), (10_001, 4_000, None),
+                                          (150_000, 999, None), (150_000, 12_000, 1), (200_001, 300, 2)])
+def test_ks_test_equals_scipy_ks_2samp_with_ties_and_infinities(n, m, decimals):
+    from pipeline.health import ks_test
+
+    rng = np.random.default_rng(n + m)
+    batch, ref = rng.normal(0.05, 1.0, n), rng.normal(0.0, 1.0, m)
+    if decimals is not None:  # ties inside and across the samples
+        batch, ref = np.round(batch, decimals), np.round(ref, decimals)
+    batch[:5] = np.inf
+    want, got = stats.ks_2samp(batch, ref), ks_test(batch, ref)
+    assert got.statistic == pytest.approx(float(want.statistic), abs=1e-12)
+    assert got.pvalue == pytest.approx(float(want.pvalue), rel=1e-9, abs=1e-300)

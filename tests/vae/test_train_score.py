@@ -140,3 +140,24 @@ def test_cosine_schedule_and_kl_warmup_are_seeded_and_finish():
 def test_bad_schedule_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("method", ["elbo", "iwae", "recon"])
+def test_one_score_pass_gives_exactly_what_the_separate_calls_give(method):
+    from vae.elbo import iwae_log_likelihood, negative_elbo
+    from vae.score import feature_contributions, fixed_eps, posterior_means, score_pass
+
+    m, _ = _fit(epochs=3)
+    data = _data(64, 9)
+    one = score_pass(m, data, method, k=8, explain=True)
+    eps = fixed_eps(m.config.latent_dim, 8)
+    with torch.no_grad():  # the definitions, each encoding the batch itself
+        want = {"elbo": lambda: negative_elbo(m, data, eps), "iwae": lambda: -iwae_log_likelihood(m, data, eps),
+                "recon": lambda: torch.from_numpy(feature_contributions(m, data)[0]).sum(dim=1)}[method]()
+    assert torch.equal(one.score, want)
+    assert torch.equal(one.mu.double(), torch.from_numpy(posterior_means(m, data)))
+    assert torch.equal(one.nll, torch.from_numpy(feature_contributions(m, data)[0]))
+    assert one.nll.is_contiguous()  # row sums add up in the same order as for a torch.cat of the parts
+    assert score_pass(m, data, method, k=8).nll is None
+    with pytest.raises(ValueError, match="score method must be one of"):
+        score_pass(m, data, "mse")
