@@ -11,7 +11,8 @@
    used when ``PREFECT_API_URL`` is set, else each CLI run starts Prefect's ephemeral API.
 4. ``score_s``: the same CLI on the big file, measured as a whole (a subprocess: start-up, model
    loading, reading, scoring, writing the report and its summary); ``peak_rss_mb``: the child's peak
-   resident memory (``os.wait4``).
+   resident memory (``os.wait4``); ``score_file_s``: the part of it spent in the ``score_file`` task
+   (reading, scoring, writing the report and its summary), from the summary the CLI writes.
 5. ``io_floor_s``: a plain ``pyarrow.csv.read_csv`` of the same file and ``pyarrow.csv.write_csv`` of
    the table it read, in this process (pyarrow's own threads).
 6. ``pyod_score_s``: PyOD's ``VAE.decision_function`` on the same rows (already in memory), fitted
@@ -198,6 +199,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "rows_per_s": round(args.rows / big["seconds"]), "startup_s": round(again["seconds"], 2),
         "startup_first_s": round(first["seconds"], 2), "startup_peak_rss_mb": round(again["peak_rss_mb"], 1),
         "report_bytes": (work / "reports" / "big.anomalies.csv").stat().st_size,
+        # the score_file task alone (reading, scoring, writing, summary), as the CLI's summary records it
+        "score_file_s": round(json.loads((work / "reports" / "big.summary.json").read_text())["seconds"], 2),
     })
     if not args.no_pyod:
         pyod = pyod_score(train, work / "big.csv", args.pyod_fit_rows, args.pyod_epochs)

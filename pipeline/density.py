@@ -15,12 +15,33 @@ set on the combined score of the calibration rows, which neither term has seen.
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 MAX_REFERENCE_ROWS = 100_000  # training codes kept per VAE (a seeded subsample beyond this)
 MAX_TREE_DIM = 15  # scikit-learn's rule: above 15 dimensions brute force beats a k-d tree
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def search_pool() -> ThreadPoolExecutor:
+    """One background thread (per process) for latent k-NN searches, which release the GIL: scoring
+    overlaps a VAE's search with the next VAE's forward passes.
+
+    A forked child (multiprocessing, Dask workers) gets a pool of its own: the parent's thread does
+    not exist there, and work given to the parent's pool would never run.
+    """
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="vae-anomaly-knn"))
+        return _POOL[1]
 
 
 def reference_rows(n: int, seed: int, cap: int = MAX_REFERENCE_ROWS) -> np.ndarray:

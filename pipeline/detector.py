@@ -11,6 +11,7 @@ import json
 import logging
 import pickle
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import pandas as pd
 import torch
 
 from pipeline.calibrate import check_alpha, conformal_threshold, min_calibration_rows
-from pipeline.density import LatentKNN, reference_rows, robust_scale
+from pipeline.density import LatentKNN, reference_rows, robust_scale, search_pool
 from pipeline.errors import InputError, ModelError
 from pipeline.metrics import labels_from
 from pipeline.model_files import CAL_FILE, WEIGHTS_FILE, restore_members, write_model_files
@@ -219,7 +220,7 @@ class VAEAnomalyDetector:
             yield self.preprocessor_.transform(features.iloc[start : start + SCORE_CHUNK])
 
     def score_validated(self, features: pd.DataFrame) -> np.ndarray:
-        out = [self._combine(self._passes(b, explain=False)) for b in self._batches(features)]
+        out = [self._combine(*self._passes(b, explain=False)) for b in self._batches(features)]
         return np.concatenate(out) if out else np.zeros(0)
 
     def explain_validated(self, features: pd.DataFrame) -> Explanation:
@@ -233,13 +234,14 @@ class VAEAnomalyDetector:
         self._check_fitted()
         scores, parts = [], []
         for b in self._batches(features):
-            passes = self._passes(b, explain=True)
-            scores.append(self._combine(passes))
-            parts.append(self._explain_batch(b, passes))
+            passes, searches = self._passes(b, explain=True)
+            parts.append(self._explain_batch(b, passes))  # while the last VAE's k-NN search runs
+            scores.append(self._combine(passes, searches))
         return (np.concatenate(scores) if scores else np.zeros(0)), self._join(parts)
 
     def _explain(self, features: pd.DataFrame) -> Explanation:
-        return self._join([self._explain_batch(b, self._passes(b, explain=True)) for b in self._batches(features)])
+        return self._join([self._explain_batch(b, self._passes(b, explain=True, search=False)[0])
+                           for b in self._batches(features)])
 
     def _join(self, parts: list[Explanation]) -> Explanation:
         if not parts:
@@ -252,9 +254,21 @@ class VAEAnomalyDetector:
             [np.concatenate([p.likely_codes[j] for p in parts]) for j in range(len(self.schema_.categorical))],
         )
 
-    def _passes(self, batch: TabularBatch, explain: bool) -> list[MemberPass]:
-        """One :func:`vae.score.score_pass` per VAE of the ensemble."""
-        return [score_pass(m, batch, self.score_method, self.n_draws, explain=explain) for m in self.models_]
+    def _passes(self, batch: TabularBatch, explain: bool, search: bool = True
+                ) -> tuple[list[MemberPass], list[Future[np.ndarray]]]:
+        """One :func:`vae.score.score_pass` per VAE of the ensemble; with the latent term on, each VAE's
+        k-NN distances are searched in a background thread while the next VAE runs (both release the GIL).
+
+        Returns the passes and, with the latent term on, each VAE's search for its latent k-NN distances
+        (else []): :meth:`_combine` waits for them, so the caller can do other work in between.
+        """
+        passes, searches = [], []
+        for i, m in enumerate(self.models_):
+            passes.append(score_pass(m, batch, self.score_method, self.n_draws, explain=explain))
+            if self.latent_k and search:
+                searches.append(search_pool().submit(self._latent_knns()[i].distance,
+                                                     passes[-1].mu.double().cpu().numpy()))
+        return passes, searches
 
     def _explain_batch(self, batch: TabularBatch, passes: list[MemberPass]) -> Explanation:
         nll = np.mean([p.nll.cpu().numpy() for p in passes if p.nll is not None], axis=0)
@@ -275,15 +289,15 @@ class VAEAnomalyDetector:
         likely = list(members[0][1])  # the first member's most likely category
         return Explanation(nll, excess, expected, likely)
 
-    def _combine(self, passes: list[MemberPass]) -> np.ndarray:
+    def _combine(self, passes: list[MemberPass], searches: list[Future[np.ndarray]]) -> np.ndarray:
         """Mean over the VAEs of the -ELBO (or IWAE / recon) score, plus the latent term when on."""
         member = [p.score.double().cpu().numpy() for p in passes]
         if not self.latent_k:
             return np.mean(member, axis=0)
         combined = []
-        for i, (p, knn) in enumerate(zip(passes, self._latent_knns(), strict=True)):
+        for i, search in enumerate(searches):
+            r = search.result()
             m_e, s_e, m_r, s_r = self.score_scale_[i]
-            r = knn.distance(p.mu.double().cpu().numpy())
             combined.append((member[i] - m_e) / s_e + self.latent_weight * (r - m_r) / s_r)
         return np.mean(combined, axis=0)
 

@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks.scoring import main
 
-KEYS = {"rows", "score_s", "io_floor_s", "ratio_to_io_floor", "peak_rss_mb", "pyod_score_s", "startup_s",
+KEYS = {"rows", "score_s", "score_file_s", "io_floor_s", "ratio_to_io_floor", "peak_rss_mb", "pyod_score_s", "startup_s",
         "machine", "command", "date"}
 
 

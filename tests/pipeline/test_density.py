@@ -52,3 +52,23 @@ def test_knn_distance_is_exact_on_both_sides_of_the_tree_or_brute_force_switch(d
     assert (knn._tree is not None) == (dim <= 15)
     brute = np.sort(np.linalg.norm(q[:, None, :] - ref[None, :, :], axis=2), axis=1)[:, 2]
     assert np.allclose(knn.distance(q), brute, rtol=1e-12)
+
+
+def _search_in_child(q) -> None:
+    from pipeline.density import search_pool
+
+    q.put(search_pool().submit(lambda: 42).result(timeout=20))
+
+
+def test_search_pool_runs_work_in_a_forked_child_too():
+    import multiprocessing as mp
+
+    from pipeline.density import search_pool
+
+    assert search_pool().submit(lambda: 1).result(timeout=20) == 1  # the parent's thread exists now
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    child = ctx.Process(target=_search_in_child, args=(q,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0 and q.get(timeout=5) == 42
