@@ -7,8 +7,8 @@ import pytest
 
 from benchmarks.scoring import main
 
-KEYS = {"rows", "score_s", "score_file_s", "io_floor_s", "ratio_to_io_floor", "peak_rss_mb", "pyod_score_s", "startup_s",
-        "machine", "command", "date"}
+KEYS = {"rows", "score_s", "score_file_s", "io_floor_s", "ratio_to_io_floor", "peak_rss_mb", "pyod_score_s",
+        "startup_s", "machine", "command", "date"}
 
 
 def test_scoring_benchmark_writes_its_figures_and_cleans_up(prefect_harness, tmp_path, monkeypatch):
