@@ -19,12 +19,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from flows import tracking
-from flows.cli import ArgumentParser, csv_list, run
+from flows.cli import ArgumentParser, csv_list, flow_failure, run
 from flows.config import RetrainConfig
 from flows.outcome import UserError, user_errors
 from flows.settings import redact
 from flows.train import (
-    _user_error,
     check_enough_rows,
     evaluate_labelled,
     fit_detector,
@@ -250,12 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         config = RetrainConfig(**vars(args))
         state = retrain(config, return_state=True)
-        if state.is_failed():
-            err = _user_error(state)
-            if err is None:
-                state.result()  # re-raise the unexpected exception
-            print(f"python -m flows.retrain: error: {err.message}", file=sys.stderr)
-            return err.exit_code
+        failed = flow_failure("python -m flows.retrain", state)
+        if failed is not None:
+            return failed
         print_outcome(state.result())
         return 0
 

@@ -20,12 +20,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from flows import tracking
-from flows.cli import ArgumentParser, run
+from flows.cli import ArgumentParser, finish_scoring, run
 from flows.config import ScoreConfig
 from flows.outcome import UserError, user_errors
 from flows.parallel import run_each
 from flows.progress import progress_bar
-from flows.settings import redact
 from pipeline import scoring
 from pipeline.errors import InputError
 from pipeline.inbox import expand_inputs
@@ -156,19 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        config = ScoreConfig(**vars(args))
-        state = score(config, return_state=True)
-        data = state.result(raise_on_failure=False)
-        if state.is_failed() and not (isinstance(data, list) and any(isinstance(d, UserError) for d in data)):
-            state.result()  # an unexpected failure: re-raise it
-        items = data if isinstance(data, list) else []
-        for s in items:
-            if isinstance(s, dict):
-                print_summary(s)
-        errs = [e for e in items if isinstance(e, UserError)]
-        for e in errs:
-            print(f"python -m flows.score: error: {redact(e.message)}", file=sys.stderr)
-        return max((e.exit_code for e in errs), default=0)
+        return finish_scoring("python -m flows.score", score(ScoreConfig(**vars(args)), return_state=True),
+                              print_summary)
 
     return run("python -m flows.score", body)
 

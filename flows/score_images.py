@@ -21,10 +21,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from flows import image_tracking, tracking
-from flows.cli import ArgumentParser, run
+from flows.cli import ArgumentParser, finish_scoring, run
 from flows.config import ImageScoreConfig
 from flows.outcome import UserError, user_errors
-from flows.settings import redact
 from pipeline.errors import InputError
 from pipeline.image_scoring import score_images_batch, write_image_summary
 from pipeline.rules import FlagRule
@@ -150,18 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         values = vars(args)
         config = ImageScoreConfig(**{**values, "inputs": [str(i) for i in values["inputs"]]})
-        state = score_images(config, return_state=True)
-        data = state.result(raise_on_failure=False)
-        if state.is_failed() and not (isinstance(data, list) and any(isinstance(d, UserError) for d in data)):
-            state.result()
-        items = data if isinstance(data, list) else []
-        for s in items:
-            if isinstance(s, dict):
-                print_summary(s)
-        errs = [e for e in items if isinstance(e, UserError)]
-        for e in errs:
-            print(f"python -m flows.score: error: {redact(e.message)}", file=sys.stderr)
-        return max((e.exit_code for e in errs), default=0)
+        return finish_scoring("python -m flows.score", score_images(config, return_state=True), print_summary)
 
     return run("python -m flows.score", body)
 

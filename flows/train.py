@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from flows import tracking
-from flows.cli import ArgumentParser, csv_list, run
+from flows.cli import ArgumentParser, csv_list, flow_failure, print_registered, run
 from flows.config import TrainConfig
 from flows.outcome import UserError, user_errors
 from pipeline.calibrate import check_alpha, min_calibration_rows
@@ -196,28 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         config = TrainConfig(**{k: v for k, v in vars(args).items()})
         state = train(config, return_state=True)
-        if state.is_failed():
-            err = _user_error(state)
-            if err is None:
-                state.result()  # re-raise the unexpected exception
-            print(f"python -m flows.train: error: {err.message}", file=sys.stderr)
-            return err.exit_code
-        summary = state.result()
-        print(f"registered {summary['model_name']} version {summary['version']} as "
-              f"@{summary['alias']} (threshold {summary['threshold']:.4g} at alpha={summary['alpha']})")
-        for k, v in summary.items():
-            print(f"  {k}: {v}")
+        failed = flow_failure("python -m flows.train", state)
+        if failed is not None:
+            return failed
+        print_registered(state.result())
         return 0
 
     return run("python -m flows.train", body)
-
-
-def _user_error(state: Any) -> UserError | None:
-    try:
-        data = state.result(raise_on_failure=False)
-    except Exception:
-        return None
-    return data if isinstance(data, UserError) else None
 
 
 if __name__ == "__main__":

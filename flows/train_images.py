@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from flows import image_tracking, tracking
-from flows.cli import ArgumentParser, run
+from flows.cli import ArgumentParser, flow_failure, print_registered, run
 from flows.config import ImageTrainConfig
 from flows.outcome import UserError, user_errors
 from pipeline.errors import InputError
@@ -142,17 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError("no training images given: pass a folder, image files, a glob, or an IDX/.npz file")
         config = ImageTrainConfig(data=[str(d) for d in data], **values)
         state = train_images(config, return_state=True)
-        if state.is_failed():
-            data_ = state.result(raise_on_failure=False)
-            if not isinstance(data_, UserError):
-                state.result()  # re-raise the unexpected exception
-            print(f"python -m flows.train: error: {data_.message}", file=sys.stderr)
-            return data_.exit_code
-        summary = state.result()
-        print(f"registered {summary['model_name']} version {summary['version']} as @{summary['alias']} "
-              f"(threshold {summary['threshold']:.4g} at alpha={summary['alpha']})")
-        for k, v in summary.items():
-            print(f"  {k}: {v}")
+        failed = flow_failure("python -m flows.train", state)
+        if failed is not None:
+            return failed
+        print_registered(state.result())
         return 0
 
     return run("python -m flows.train", body)

@@ -8,9 +8,11 @@ Design (bounded memory whatever the file size):
 - Each chunk is validated (schema errors name the file, the column and the row counted over the
   whole file), scored and explained, and its report lines are written to the temporary file of
   :func:`pipeline.report.atomic_writer`, renamed into place only once every row is written.
-- Only the per-row scores (float64, 8 bytes/row), flags and labels (1 byte/row each) are kept for the
-  whole file: health, labelled metrics and the summary need all of them and are computed at the end,
-  after the memory the chunks freed is handed back to the OS (``malloc_trim``).
+- Nothing per row is kept for the whole file with the default rules: the health check's KS counts
+  (:class:`pipeline.health.KSCounter`) and the flag count are updated chunk by chunk. Labels, ``fdr``
+  and ``f1_optimal`` need every score at the end: then the scores (float64, 8 bytes/row), flags and
+  labels (1 byte/row each) are kept, and the whole-file steps run after the memory the chunks freed is
+  handed back to the OS (``malloc_trim``).
 - Columns that depend on the whole batch (``threshold``, ``is_anomaly``, ``q_value`` under
   ``fdr``; ``threshold`` and ``is_anomaly`` under ``f1_optimal`` with labels) cannot be written in
   the first pass. The other columns of each chunk are then spilled, typed, to an Arrow IPC stream
@@ -47,7 +49,7 @@ from pipeline.attribution import attribution_columns
 from pipeline.calibrate import p_values
 from pipeline.detector import SCORE_CHUNK, Explanation, VAEAnomalyDetector
 from pipeline.errors import InputError
-from pipeline.health import batch_health
+from pipeline.health import KSCounter, batch_health
 from pipeline.io import iter_table, sha256_file
 from pipeline.metrics import f1_optimal_threshold, labelled_metrics, labels_from
 from pipeline.report import atomic_writer, csv_header, csv_rows, neutralise_cell, report_path, write_text_atomic
@@ -118,6 +120,7 @@ def score_file(
     target = report_path(out_dir, p)
     ensure_out_dir(target.parent)
     chunk_rows = max(-(-chunk_rows // SCORE_CHUNK), 1) * SCORE_CHUNK
+    limit_malloc_arenas()
     run = _Run(det, p, rule, label_column, f1_optimal, target.parent)
     chunks = _recut(iter_table(p, det.schema_.id_columns, read_rows or chunk_rows, run.read_position), chunk_rows)
     threads = torch.get_num_threads()
@@ -134,6 +137,20 @@ def score_file(
     finally:
         torch.set_num_threads(threads)
     return run.summary(target, input_sha256, model_uri, model_name, model_version, time.perf_counter() - t0)
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas for this process (as ``MALLOC_ARENA_MAX`` would).
+
+    Each thread that allocates (reader, writer, k-NN search, model) otherwise gets an arena of its own,
+    and each keeps the chunks' freed memory: measured on 1 M rows (21 columns), peak RSS 716-726 MiB
+    with 2 arenas against 779-811 MiB without, at the same speed. A no-op where libc is not glibc.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
 
 
 def release_freed_memory() -> None:
@@ -168,8 +185,11 @@ class _Run:
         self.rows = 0
         self.position = 0.0
         self.notes: list[str] = []
-        self.flag_parts: list[np.ndarray] = []  # one-pass rules: each row's flag (1 byte/row)
+        self.flag_parts: list[np.ndarray] = []  # one-pass rules with labels: each row's flag (1 byte/row)
+        self.flagged = 0  # one-pass rules: flagged rows so far
         self.health_count = 0
+        self.ks = KSCounter(det.calibration_scores_)  # the health test's counts, chunk by chunk
+        self.keep_scores = True  # set by the first chunk: False when no whole-file step needs the scores
 
     def read_position(self, share: float) -> None:
         self.position = share
@@ -230,6 +250,9 @@ class _Run:
         if self.label and self.label not in chunk.columns:
             raise InputError(f"{self.path}: label column {self.label!r} not found")
         self.two_pass = self.rule.kind == "fdr" or (self.f1_optimal and self.label is not None)
+        # Only the two-pass rules and the labelled metrics need every score (and flag) at the end; otherwise
+        # the health test's counts and the flag count are all that is kept (no 8 + 1 bytes per row).
+        self.keep_scores = self.two_pass or self.label is not None
         self.columns = ["row", *det.schema_.id_columns, "score", "threshold", "is_anomaly", "p_value",
                         *(["q_value"] if self.rule.kind == "fdr" else []), *ATTRIBUTION]
 
@@ -244,13 +267,15 @@ class _Run:
                 self.labels.append(labels_from(chunk[self.label].to_numpy(), self.label).astype(np.int8))
             except InputError as e:
                 raise _at_row(e, offset) from e
-        self.scores.append(scores)
+        if self.keep_scores:
+            self.scores.append(scores)
         return scores, explanation
 
     def _write_chunk(self, chunk: pd.DataFrame, scored: tuple[np.ndarray, Explanation], offset: int,
                      out: TextIO, spill: _Spill | None) -> None:
         """Report lines of one scored chunk to ``out`` (or its typed columns to the spill). Chunks are
         written one at a time, in order: the caller waits for the previous one before submitting."""
+        self.ks.add(scored[0])
         part = self._part(chunk, *scored, offset)
         if spill is not None:
             spill.write(part)
@@ -273,7 +298,9 @@ class _Run:
     def _chunk_flags(self, part: pd.DataFrame) -> tuple[float, np.ndarray, np.ndarray | None]:
         """One-pass rules: each row's flag depends only on its own score."""
         flags = apply_rule(self.rule, part["score"].to_numpy(), self.det.calibration_scores_)
-        self.flag_parts.append(flags.is_anomaly.astype(bool))
+        self.flagged += int(flags.is_anomaly.sum())
+        if self.keep_scores:
+            self.flag_parts.append(flags.is_anomaly.astype(bool))
         self.health_count += int((flags.p_value <= flags.effective_level).sum())
         return flags.threshold, flags.is_anomaly, None
 
@@ -302,13 +329,17 @@ class _Run:
     def _decide(self) -> None:
         """The flags of the whole file: the rule over all scores, or the F1-optimal threshold.
 
-        Memory: besides the scores, one bool per row (one-pass rules keep it from the chunks); the
-        two-pass rules also hold the p-values while deciding, and the q-values under ``fdr``.
+        Memory: one-pass rules keep nothing per row unless labels need the scores and flags (one bool
+        per row); the two-pass rules hold the scores, the p-values while deciding, and the q-values under
+        ``fdr``.
         """
-        scores, y, cal = self.all_scores(), self.all_labels(), self.det.calibration_scores_
+        # one-pass rules need no whole-file score array here (f1_optimal with labels is two-pass)
+        scores = self.all_scores() if self.two_pass else np.zeros(0)
+        y, cal = self.all_labels(), self.det.calibration_scores_
         self.q_value = None
         if not self.two_pass:  # flags and the health count were kept chunk by chunk
-            self.is_anomaly = np.concatenate(self.flag_parts) if self.flag_parts else np.zeros(0, dtype=bool)
+            self.is_anomaly = (np.concatenate(self.flag_parts) if self.flag_parts else np.zeros(0, dtype=bool)
+                               ) if self.keep_scores else None
             self.flag_parts = []
             self.threshold = self.rule_flags.threshold
             self.health_level = self.rule_flags.effective_level
@@ -345,17 +376,17 @@ class _Run:
                 model_version: str | None, seconds: float) -> FileSummary:
         if not hasattr(self, "is_anomaly"):
             self._decide()
-        det, rule, scores, y = self.det, self.rule, self.all_scores(), self.all_labels()
+        det, rule, y = self.det, self.rule, self.all_labels()
         notes = list(self.notes)
-        metrics = labelled_metrics(y, scores, self.is_anomaly) if y is not None else None
+        metrics = labelled_metrics(y, self.all_scores(), self.is_anomaly) if y is not None else None
         if metrics is not None and metrics["n_labelled_anomalies"] == 0:
             notes.append("no labelled anomalies in this batch: recall, F1 and AUROC are undefined")
-        flagged = int(self.is_anomaly.sum())
+        flagged = self.flagged if self.is_anomaly is None else int(self.is_anomaly.sum())
         self.is_anomaly = self.q_value = None  # type: ignore[assignment]
-        health = batch_health(scores, det.calibration_scores_, self.health_count, self.health_level)
+        health = batch_health(self.ks, det.calibration_scores_, self.health_count, self.health_level)
         if health.warning:
             notes.append(health.warning)
-        n = len(scores)
+        n = self.ks.n
         return FileSummary(
             input=str(self.path), report=str(target), rows=n, flagged=flagged,
             flagged_fraction=flagged / n if n else 0.0,

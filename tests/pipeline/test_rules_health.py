@@ -135,3 +135,12 @@ def test_ks_test_equals_scipy_ks_2samp_with_ties_and_infinities(n, m, decimals):
     want, got = stats.ks_2samp(batch, ref), ks_test(batch, ref)
     assert got.statistic == pytest.approx(float(want.statistic), abs=1e-12)
     assert got.pvalue == pytest.approx(float(want.pvalue), rel=1e-9, abs=1e-300)
+
+
+def test_batch_health_of_a_files_chunks_equals_that_of_the_joined_scores():
+    rng = np.random.default_rng(7)
+    cal = rng.normal(size=999)
+    for n in (3_000, 40_000):
+        chunks = [rng.normal(0.1, 1.0, size=k) for k in (n // 2, 0, n - n // 2)]
+        joined, parts = batch_health(np.concatenate(chunks), cal, 60, 0.01), batch_health(chunks, cal, 60, 0.01)
+        assert joined == parts and parts.rows == n
