@@ -55,9 +55,14 @@ def test_knn_distance_is_exact_on_both_sides_of_the_tree_or_brute_force_switch(d
 
 
 def _search_in_child(q) -> None:
-    from pipeline.density import search_pool
+    import traceback
 
-    q.put(search_pool().submit(lambda: 42).result(timeout=20))
+    try:
+        from pipeline.density import search_pool
+
+        q.put(search_pool().submit(lambda: 42).result(timeout=20))
+    except BaseException:
+        q.put(traceback.format_exc())
 
 
 def test_search_pool_runs_work_in_a_forked_child_too():
@@ -70,5 +75,7 @@ def test_search_pool_runs_work_in_a_forked_child_too():
     q = ctx.Queue()
     child = ctx.Process(target=_search_in_child, args=(q,))
     child.start()
+    got = q.get(timeout=30)  # a pool left over from the parent would never run the work: this would time out
     child.join(30)
-    assert child.exitcode == 0 and q.get(timeout=5) == 42
+    # (not its exit code: after a session-wide Prefect test server, a forked child's shutdown can exit 1)
+    assert got == 42
