@@ -200,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ab.add_argument("--conv-channels", type=int, nargs=2)
     ab.add_argument("--latent-k", type=int, help="latent density term: k-th nearest training code (0 = off)")
     ab.add_argument("--latent-weight", type=float, help="weight of the standardised latent term")
+    ab.add_argument("--density-space", choices=["latent", "conv"], help="codes of the density terms")
+    ab.add_argument("--cosine-weight", type=float, help="weight of the unit-length conv-feature term (conv space)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     data_dir = args.data_dir or Path(os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR)
@@ -215,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "n_models": args.n_models,
                                    "conv_channels": tuple(args.conv_channels) if args.conv_channels else None,
                                    "latent_k": args.latent_k, "latent_weight": args.latent_weight,
+                                   "density_space": args.density_space, "cosine_weight": args.cosine_weight,
                                    }.items() if v is not None}
     vae_name = "vae-anomaly" + (f"[{','.join(f'{k}={v}' for k, v in overrides.items())}]" if overrides else "")
     import torch

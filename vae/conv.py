@@ -121,6 +121,13 @@ class ConvVAE(nn.Module):
         # The clamp keeps exp(log_var) finite on images far from the training data.
         return self.to_mu(h), self.to_log_var(h).clamp(-12.0, 8.0)
 
+    def conv_features(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (n, C, H, W) in [0, 1] -> (n, c2 * Hp/4 * Wp/4) the encoder's last convolutional feature map
+        (after its activation), flattened: what the encoder sees of the image before the dense layers."""
+        hp, wp = self.config.padded
+        x = F.pad(x, (0, wp - x.shape[-1], 0, hp - x.shape[-2]))
+        return self.encoder[:4](x).flatten(1)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z: (n, latent_dim) -> the decoder's output (n, C, H, W): logits, or pre-sigmoid means (Gaussian)."""
         h = self.decoder_fc(z).view(-1, *self._grid)

@@ -31,7 +31,8 @@ def fitted() -> tuple[ImageVAEDetector, np.ndarray]:
     """Two tiny VAEs (2 epochs) with the latent term on (k=1, w=0.7), and their 150 training images."""
     X = _images(150, 0)
     det = ImageVAEDetector(alpha=0.1, latent_dim=3, conv_channels=(4, 8), hidden=16, n_models=2, latent_k=1,
-                           latent_weight=0.7, train_config=ImageTrainConfig(max_epochs=2, device="cpu"))
+                           latent_weight=0.7, density_space="latent",
+                           train_config=ImageTrainConfig(max_epochs=2, device="cpu"))
     return det.fit(X), X
 
 
@@ -92,7 +93,7 @@ def test_models_saved_before_the_latent_term_still_load(tmp_path):
                            train_config=ImageTrainConfig(max_epochs=1, device="cpu")).fit(X)
     d = det.save(tmp_path / "old")
     meta = json.loads((d / META_FILE).read_text())
-    for key in ("latent_k", "latent_weight"):
+    for key in ("latent_k", "latent_weight", "cosine_weight", "density_space"):
         del meta["params"][key]
     del meta["score_scale"]
     (d / META_FILE).write_text(json.dumps(meta))
@@ -102,5 +103,44 @@ def test_models_saved_before_the_latent_term_still_load(tmp_path):
 
 
 def test_bad_latent_settings_are_refused():
-    with pytest.raises(InputError, match="latent_k and latent_weight must be >= 0"):
+    with pytest.raises(InputError, match="latent_k, latent_weight and cosine_weight must be >= 0"):
         ImageVAEDetector(latent_k=-1).fit(_images(150, 0))
+    with pytest.raises(InputError, match=r"density_space must be one of \('latent', 'conv'\), got 'pixels'"):
+        ImageVAEDetector(density_space="pixels").fit(_images(150, 0))
+
+
+def _conv(m: ConvVAE, x: np.ndarray) -> np.ndarray:
+    """The encoder's last conv feature map by hand (pad, conv, SiLU, conv, SiLU), flattened."""
+    hp, wp = m.config.padded
+    t = torch.nn.functional.pad(torch.from_numpy(x), (0, wp - x.shape[-1], 0, hp - x.shape[-2]))
+    conv1, conv2 = m.encoder[0], m.encoder[2]
+    return torch.nn.functional.silu(conv2(torch.nn.functional.silu(conv1(t)))).flatten(1).detach().double().numpy()
+
+
+def _unit(f: np.ndarray) -> np.ndarray:
+    return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+
+def test_conv_density_terms_are_the_distances_between_feature_maps_raw_and_at_unit_length(tmp_path):
+    X = _images(150, 0)
+    det = ImageVAEDetector(alpha=0.1, latent_dim=3, conv_channels=(4, 8), hidden=16, latent_k=2, latent_weight=1.5,
+                           cosine_weight=3.0, density_space="conv",
+                           train_config=ImageTrainConfig(max_epochs=2, device="cpu")).fit(X)
+    m = det.models_[0]
+    split = split_rows(len(X), det.val_fraction, det.cal_fraction, det.seed)
+    train, val, new = _conv(m, X[split.train]), _conv(m, X[split.val]), _images(40, 3)
+    assert det.latent_codes_[0].shape == (len(split.train), 8 * 2 * 2)  # 8x8 images: 8 channels of 2x2
+    assert det.density_weights() == [1.5, 3.0] and det.score_scale_.shape == (1, 6)
+
+    def second_nearest(z: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        return np.sort(np.sqrt(((z[:, None, :] - ref[None, :, :]) ** 2).sum(-1)), axis=1)[:, 1]
+
+    m_s, s_s = robust_scale(_rec(m, X[split.val]))
+    want = (_rec(m, new) - m_s) / s_s
+    for w, f in ((1.5, lambda a: a), (3.0, _unit)):
+        m_r, s_r = robust_scale(second_nearest(f(val), f(train)))
+        want = want + w * (second_nearest(f(_conv(m, new)), f(train)) - m_r) / s_r
+    np.testing.assert_allclose(det.score_samples(new), want, rtol=1e-4, atol=1e-4)
+    loaded = ImageVAEDetector.load(det.save(tmp_path / "conv"))
+    assert (loaded.density_space, loaded.cosine_weight) == ("conv", 3.0)
+    assert np.array_equal(loaded.score_samples(new), det.score_samples(new))
