@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from pipeline.rules import FlagRule
+
 MODEL_URI_PREFIXES = ("models:/", "runs:/")
 
 
@@ -60,7 +62,34 @@ class DaskOptions(BaseModel):
         return self.dask_address is not None or self.dask_workers is not None
 
 
-class ScoreConfig(DaskOptions):
+class FlagRuleOptions(BaseModel):
+    """The flag rule of a scoring flow (tables and images): at most one of ``fdr`` and ``alpha`` /
+    ``conditional``; none gives the model's own alpha."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alpha: float | None = Field(None, gt=0, lt=1, description="flag p <= alpha (default: the model's alpha)")
+    fdr: float | None = Field(None, gt=0, lt=1, description="Benjamini-Hochberg over the batch at this level")
+    conditional: float | None = Field(
+        None, gt=0, lt=1, description="delta: calibration-conditional guarantee with probability >= 1 - delta")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> FlagRuleOptions:
+        if self.fdr is not None and (self.alpha is not None or self.conditional is not None):
+            raise ValueError("fdr cannot be combined with alpha or conditional: choose one flag rule")
+        return self
+
+    def rule_kind(self) -> str:
+        return "fdr" if self.fdr is not None else "conditional" if self.conditional is not None else "alpha"
+
+    def flag_rule(self, model_alpha: float) -> FlagRule:
+        """The rule these options give; the model's alpha where none is given."""
+        if self.fdr is not None:
+            return FlagRule("fdr", float(self.fdr))
+        return FlagRule(self.rule_kind(), self.alpha or model_alpha, self.conditional)
+
+
+class ScoreConfig(DaskOptions, FlagRuleOptions):
     """Parameters of the ``score`` flow."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -68,24 +97,15 @@ class ScoreConfig(DaskOptions):
     inputs: list[Path] = Field(min_length=1, description="tables to score: CSV or Parquet")
     model: str = Field("models:/vae-anomaly@champion", description="MLflow model URI")
     out: Path = Field(Path("reports"), description="folder for <stem>.anomalies.csv reports")
-    alpha: float | None = Field(None, gt=0, lt=1, description="flag p <= alpha (default: the model's alpha)")
-    fdr: float | None = Field(None, gt=0, lt=1, description="Benjamini-Hochberg over the batch at this level")
-    conditional: float | None = Field(
-        None, gt=0, lt=1, description="delta: calibration-conditional guarantee with probability >= 1 - delta")
     label_column: str | None = Field(None, description="0/1 column (1 = anomaly) for precision/recall/AUROC")
     f1_optimal: bool = Field(False, description="with labelled anomalies, flag at the F1-optimal threshold")
     experiment: str = Field("vae-anomaly-scoring", min_length=1, description="MLflow experiment for batch health")
 
     @model_validator(mode="after")
-    def _one_rule(self) -> ScoreConfig:
-        if self.fdr is not None and (self.alpha is not None or self.conditional is not None):
-            raise ValueError("fdr cannot be combined with alpha or conditional: choose one flag rule")
+    def _f1_needs_labels(self) -> ScoreConfig:
         if self.f1_optimal and self.label_column is None:
             raise ValueError("f1_optimal needs label_column")
         return self
-
-    def rule_kind(self) -> str:
-        return "fdr" if self.fdr is not None else "conditional" if self.conditional is not None else "alpha"
 
     @field_validator("model")
     @classmethod
@@ -166,12 +186,10 @@ class ImageTrainConfig(BaseModel):
     @field_validator("alias")
     @classmethod
     def _alias(cls, v: str) -> str:
-        if v.isdigit() or v.lower() == "latest":
-            raise ValueError(f"alias must not be a number or 'latest', got {v!r}")
-        return v
+        return TrainConfig._alias(v)
 
 
-class ImageScoreConfig(BaseModel):
+class ImageScoreConfig(FlagRuleOptions):
     """Parameters of the ``score_images`` flow (``python -m flows.score --kind image ...``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -180,21 +198,8 @@ class ImageScoreConfig(BaseModel):
                                                          "files and globs together form one batch")
     model: str = Field("models:/vae-anomaly-images@champion", description="MLflow model URI")
     out: Path = Field(Path("reports"), description="folder for <name>.anomalies.csv and contact sheets")
-    alpha: float | None = Field(None, gt=0, lt=1, description="flag p <= alpha (default: the model's alpha)")
-    fdr: float | None = Field(None, gt=0, lt=1, description="Benjamini-Hochberg over the batch at this level")
-    conditional: float | None = Field(
-        None, gt=0, lt=1, description="delta: calibration-conditional guarantee with probability >= 1 - delta")
     top_k: int = Field(16, ge=0, le=1000, description="images on the contact sheet")
     experiment: str = Field("vae-anomaly-scoring", min_length=1, description="MLflow experiment for batch health")
-
-    @model_validator(mode="after")
-    def _one_rule(self) -> ImageScoreConfig:
-        if self.fdr is not None and (self.alpha is not None or self.conditional is not None):
-            raise ValueError("fdr cannot be combined with alpha or conditional: choose one flag rule")
-        return self
-
-    def rule_kind(self) -> str:
-        return "fdr" if self.fdr is not None else "conditional" if self.conditional is not None else "alpha"
 
     @field_validator("model")
     @classmethod

@@ -29,7 +29,6 @@ from pipeline import scoring
 from pipeline.errors import InputError
 from pipeline.inbox import expand_inputs
 from pipeline.report import report_path
-from pipeline.rules import FlagRule
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +42,6 @@ def load_model(model_uri: str) -> tracking.ResolvedModel | UserError:
         return UserError.of(e)
 
 
-def flag_rule(config: ScoreConfig, model_alpha: float) -> FlagRule:
-    """The config's flag rule; the model's alpha where none is given."""
-    kind = config.rule_kind()
-    if kind == "fdr":
-        return FlagRule("fdr", float(config.fdr))  # type: ignore[arg-type]
-    return FlagRule(kind, config.alpha or model_alpha, config.conditional)
-
-
 @task(cache_policy=NO_CACHE)
 def score_file(model: tracking.ResolvedModel, path: Path, config: ScoreConfig,
                out: Path | None = None) -> dict[str, Any] | UserError:
@@ -58,7 +49,7 @@ def score_file(model: tracking.ResolvedModel, path: Path, config: ScoreConfig,
     try:
         with progress_bar(Path(path).name) as progress:  # a bar on long runs, in a terminal only
             s = scoring.score_file(model.detector, path, out, model.uri, model.name, model.version,
-                                   rule=flag_rule(config, model.detector.alpha), label_column=config.label_column,
+                                   rule=config.flag_rule(model.detector.alpha), label_column=config.label_column,
                                    f1_optimal=config.f1_optimal, progress=progress)
         target = report_path(out, path).with_name(f"{Path(path).stem}.summary.json")
         try:

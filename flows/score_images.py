@@ -26,7 +26,6 @@ from flows.config import ImageScoreConfig
 from flows.outcome import UserError, user_errors
 from pipeline.errors import InputError
 from pipeline.image_scoring import score_images_batch, write_image_summary
-from pipeline.rules import FlagRule
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +52,12 @@ def load_image_model(model_uri: str) -> tracking.ResolvedModel | UserError:
         return UserError.of(e)
 
 
-def flag_rule(config: ImageScoreConfig, model_alpha: float) -> FlagRule:
-    kind = config.rule_kind()
-    if kind == "fdr":
-        return FlagRule("fdr", float(config.fdr))  # type: ignore[arg-type]
-    return FlagRule(kind, config.alpha or model_alpha, config.conditional)
-
-
 @task(cache_policy=NO_CACHE)
 def score_batch(model: tracking.ResolvedModel, source: str | list[str],
                 config: ImageScoreConfig) -> dict[str, Any] | UserError:
     try:
         s = score_images_batch(model.detector, source, config.out, model.uri, model.name, model.version,
-                               rule=flag_rule(config, model.detector.alpha), top_k=config.top_k)
+                               rule=config.flag_rule(model.detector.alpha), top_k=config.top_k)
         target = Path(s.report).with_name(Path(s.report).name.replace(".anomalies.csv", ".summary.json"))
         try:
             write_image_summary(s, target)
