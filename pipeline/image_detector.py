@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from pipeline.calibrate import check_alpha, conformal_threshold, min_calibration_rows
-from pipeline.density import LatentKNN, reference_rows, robust_scale
+from pipeline.density import MAX_REFERENCE_ROWS, LatentKNN, reference_rows, robust_scale
 from pipeline.errors import InputError, ModelError
 from pipeline.model_files import CAL_FILE, WEIGHTS_FILE, restore_members, write_model_files
 from pipeline.split import split_rows
@@ -149,12 +149,10 @@ class ImageVAEDetector:
         self._knn: list[list[LatentKNN]] | None = None
         if not self.latent_k:
             return
-        cap = None
+        cap = MAX_REFERENCE_ROWS
         if self.density_space == "conv":
-            hp, wp = self.config_.padded
-            dim = self.config_.conv_channels[1] * (hp // 4) * (wp // 4)
-            cap = max(MAX_CONV_CODE_BYTES // (4 * dim), 1)
-        ref = X_train[reference_rows(len(X_train), self.seed, **({"cap": cap} if cap else {}))]
+            cap = max(MAX_CONV_CODE_BYTES // (4 * self.config_.feature_dim), 1)
+        ref = X_train[reference_rows(len(X_train), self.seed, cap)]
         self.latent_codes_ = [self._density_codes(m, ref) for m in self.models_]
         scale = []
         for m, knns in zip(self.models_, self._latent_knns(), strict=True):
@@ -355,10 +353,7 @@ def _conv_codes(model: ConvVAE, X: np.ndarray) -> np.ndarray:
     parts = []
     for s in range(0, len(X), CHUNK):
         parts.append(model.conv_features(torch.from_numpy(X[s : s + CHUNK]).to(device)).float().cpu().numpy())
-    if not parts:
-        c2 = model.config.conv_channels[1]
-        return np.zeros((0, c2 * (model.config.padded[0] // 4) * (model.config.padded[1] // 4)), np.float32)
-    return np.concatenate(parts)
+    return np.concatenate(parts) if parts else np.zeros((0, model.config.feature_dim), np.float32)
 
 
 def is_image_model_dir(path: str | Path) -> bool:

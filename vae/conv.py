@@ -77,6 +77,17 @@ class ConvVAEConfig:
         """(height, width) rounded up to multiples of 4."""
         return 4 * math.ceil(self.height / 4), 4 * math.ceil(self.width / 4)
 
+    @property
+    def feature_grid(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the encoder's last convolutional feature map."""
+        hp, wp = self.padded
+        return self.conv_channels[1], hp // 4, wp // 4
+
+    @property
+    def feature_dim(self) -> int:
+        """Values in that feature map (the length of :meth:`ConvVAE.conv_features`' rows)."""
+        return math.prod(self.feature_grid)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -94,9 +105,8 @@ class ConvVAE(nn.Module):
         super().__init__()
         self.config = config
         c1, c2 = config.conv_channels
-        hp, wp = config.padded
-        self._grid = (c2, hp // 4, wp // 4)
-        flat = c2 * (hp // 4) * (wp // 4)
+        self._grid = config.feature_grid
+        flat = config.feature_dim
         self.encoder = nn.Sequential(
             nn.Conv2d(config.channels, c1, 4, 2, 1), nn.SiLU(),
             nn.Conv2d(c1, c2, 4, 2, 1), nn.SiLU(), nn.Flatten(),
