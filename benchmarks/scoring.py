@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.tabular import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 BYTES_PER_CELL = 9  # measured: 4-decimal values of the mixture average 8-9 characters with the comma
 MODEL_NAME = "bench-scoring"
@@ -117,16 +119,6 @@ def pyod_score(train: np.ndarray, path: Path, fit_rows: int, epochs: int) -> dic
     model.decision_function(x)
     return {"seconds": time.perf_counter() - t0, "fit_rows": min(fit_rows, len(train)), "epochs": epochs,
             "threads": torch.get_num_threads()}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

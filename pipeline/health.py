@@ -45,6 +45,14 @@ class KSCounter:
         self.n = 0
         self._small: list[np.ndarray] = []
 
+    @classmethod
+    def of(cls, batch: np.ndarray | Sequence[np.ndarray], reference: np.ndarray) -> KSCounter:
+        """The counts of ``batch``: one array, or a sequence of arrays added one by one (never joined)."""
+        counter = cls(reference)
+        for part in [batch] if isinstance(batch, np.ndarray) else batch:
+            counter.add(part)
+        return counter
+
     def add(self, scores: np.ndarray) -> None:
         part = np.asarray(scores, dtype=np.float64)
         if self.n <= EXACT_MAX_N:
@@ -82,10 +90,7 @@ def ks_test(batch: np.ndarray | Sequence[np.ndarray], reference: np.ndarray) -> 
     ``scipy.stats.ks_2samp(batch, reference)``, without scipy's sorted copy of the whole batch and
     of both samples joined (about 230 MB more for 10 M scores): see :class:`KSCounter`.
     """
-    counter = KSCounter(reference)
-    for part in [batch] if isinstance(batch, np.ndarray) else batch:
-        counter.add(part)
-    return counter.result()
+    return KSCounter.of(batch, reference).result()
 
 
 @dataclass(frozen=True)
@@ -112,12 +117,7 @@ def batch_health(scores: np.ndarray | Sequence[np.ndarray] | KSCounter, calibrat
     """
     from scipy.stats import binomtest
 
-    if isinstance(scores, KSCounter):
-        counter = scores
-    else:
-        counter = KSCounter(calibration_scores)
-        for part in [scores] if isinstance(scores, np.ndarray) else scores:
-            counter.add(part)
+    counter = scores if isinstance(scores, KSCounter) else KSCounter.of(scores, calibration_scores)
     m = counter.n
     if m == 0:
         return BatchHealth(0, 0, expected_rate, 0.0, 1.0, 0.0, 1.0, "")
