@@ -23,7 +23,10 @@ from typing import Any
 import numpy as np
 
 MAX_REFERENCE_ROWS = 100_000  # training codes kept per VAE (a seeded subsample beyond this)
-MAX_TREE_DIM = 15  # scikit-learn's rule: above 15 dimensions brute force beats a k-d tree
+# Up to 32 dimensions a k-d tree (scikit-learn's "auto" rule says 15). Measured on encoder activations in
+# 21 dimensions (20,000 codes, 2 CPUs): the tree scored 5.4x faster than brute force where the codes
+# have few intrinsic dimensions (as encoder codes of real tables do) and 1.7x slower where they have 21.
+MAX_TREE_DIM = 32
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
@@ -54,10 +57,9 @@ def reference_rows(n: int, seed: int, cap: int = MAX_REFERENCE_ROWS) -> np.ndarr
 class LatentKNN:
     """k-th nearest-neighbour distance to a fixed set of latent codes.
 
-    The search follows scikit-learn's ``NearestNeighbors(algorithm="auto")`` rule: up to
-    ``MAX_TREE_DIM`` dimensions (and k below half the codes) a k-d tree, here SciPy's ``cKDTree``
-    (1.8-2x faster than scikit-learn's k-d tree at 2-6 dimensions, same distances to the last bit);
-    otherwise scikit-learn's brute-force search, as ``"auto"`` picks there.
+    The search: up to ``MAX_TREE_DIM`` dimensions (and k below half the codes) a k-d tree, SciPy's
+    ``cKDTree`` (1.8-2x faster than scikit-learn's k-d tree at 2-6 dimensions, same distances to the
+    last bit); otherwise scikit-learn's brute-force search.
 
     Args:
         codes: (m, latent_dim) posterior means of the training rows (m >= 1).
@@ -98,6 +100,18 @@ class LatentKNN:
             else:
                 out[ok] = self._brute.kneighbors(z[ok], return_distance=True)[0][:, -1]
         return out
+
+
+def unit_rows(codes: np.ndarray) -> np.ndarray:
+    """(n, d) float32 codes scaled to unit length (an all-zero row stays zero)."""
+    c = np.asarray(codes, dtype=np.float64)
+    return (c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def term_codes(codes: np.ndarray, with_unit: bool) -> list[np.ndarray]:
+    """The codes of each density term from one VAE's codes: as they are, and (``with_unit``) at unit length,
+    whose distances compare the direction of the activation pattern and ignore its size."""
+    return [codes, unit_rows(codes)] if with_unit else [codes]
 
 
 def robust_scale(values: np.ndarray) -> tuple[float, float]:

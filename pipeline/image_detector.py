@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from pipeline.calibrate import check_alpha, conformal_threshold, min_calibration_rows
-from pipeline.density import MAX_REFERENCE_ROWS, LatentKNN, reference_rows, robust_scale
+from pipeline.density import MAX_REFERENCE_ROWS, LatentKNN, reference_rows, robust_scale, term_codes
 from pipeline.errors import InputError, ModelError
 from pipeline.model_files import CAL_FILE, WEIGHTS_FILE, restore_members, write_model_files
 from pipeline.split import split_rows
@@ -169,10 +169,7 @@ class ImageVAEDetector:
 
     def _term_codes(self, codes: np.ndarray) -> list[np.ndarray]:
         """The codes of each density term from one VAE's codes: as they are, and (conv) at unit length."""
-        if self.density_space == "latent":
-            return [codes]
-        c = codes.astype(np.float64)
-        return [codes, (c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)).astype(np.float32)]
+        return term_codes(codes, with_unit=self.density_space != "latent")
 
     def _latent_knns(self) -> list[list[LatentKNN]]:
         """Per VAE, one k-NN index per density term over its reference codes, built on first use (not saved)."""

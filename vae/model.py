@@ -81,11 +81,18 @@ class TabularVAE(nn.Module):
             parts.append(onehot * known.unsqueeze(1).to(batch.x_num.dtype))
         return torch.cat(parts, dim=1)
 
+    def encoder_features(self, batch: TabularBatch) -> torch.Tensor:
+        """(n, hidden[-1]) the encoder's last hidden layer: what the mu and log-variance heads read."""
+        return self.encoder(self.encoder_input(batch))
+
+    def posterior(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu, log_var of q(z | x), each (n, latent_dim), from :meth:`encoder_features`."""
+        # The clamp keeps exp(log_var) finite on rows far outside the training data.
+        return self.to_mu(features), self.to_log_var(features).clamp(-12.0, 8.0)
+
     def encode(self, batch: TabularBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns mu, log_var of q(z | x), each (n, latent_dim)."""
-        h = self.encoder(self.encoder_input(batch))
-        # The clamp keeps exp(log_var) finite on rows far outside the training data.
-        return self.to_mu(h), self.to_log_var(h).clamp(-12.0, 8.0)
+        return self.posterior(self.encoder_features(batch))
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Returns the numeric means (n, n_numeric) and one (n, K_j) logit tensor per categorical feature."""

@@ -7,7 +7,7 @@ every call, in every batch, on every device (up to float rounding of the device)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -35,6 +35,8 @@ class MemberPass(NamedTuple):
     """(n, latent_dim) posterior means mu(x)."""
     nll: torch.Tensor | None
     """(n, n_numeric + n_categorical) per-feature -log p(x_j | z = mu(x)), when asked for."""
+    features: torch.Tensor
+    """(n, hidden[-1]) the encoder's last hidden layer (see :meth:`TabularVAE.encoder_features`)."""
 
 
 @torch.no_grad()
@@ -51,7 +53,8 @@ def score_pass(
     model.eval()
     device = next(model.parameters()).device
     batch = batch.to(device)
-    mu, log_var = model.encode(batch)
+    features = model.encoder_features(batch)
+    mu, log_var = model.posterior(features)
     nll = feature_nll(model, batch, mu) if explain or method == "recon" else None
     if method == "elbo":
         score = negative_elbo(model, batch, fixed_eps(model.config.latent_dim, k, device), posterior=(mu, log_var))
@@ -61,7 +64,7 @@ def score_pass(
     else:
         assert nll is not None
         score = nll.sum(dim=1)
-    return MemberPass(score, mu, nll if explain else None)
+    return MemberPass(score, mu, nll if explain else None, features)
 
 
 def score_rows(model: TabularVAE, batch: TabularBatch, method: str = "elbo", k: int = 16) -> torch.Tensor:
@@ -105,14 +108,24 @@ def feature_contributions(
     return nll.cpu().numpy(), mean.float().cpu().numpy(), [lg.argmax(dim=1).cpu().numpy() for lg in logits]
 
 
-@torch.no_grad()
 def posterior_means(model: TabularVAE, batch: TabularBatch, chunk: int = 65536) -> np.ndarray:
     """(n, latent_dim) float64 posterior means mu(x) of q(z | x) (deterministic: no sampling)."""
+    return _encoded(model, batch, chunk, lambda b: model.encode(b)[0], model.config.latent_dim)
+
+
+def encoder_features(model: TabularVAE, batch: TabularBatch, chunk: int = 65536) -> np.ndarray:
+    """(n, hidden[-1]) float64 activations of the encoder's last hidden layer (deterministic)."""
+    return _encoded(model, batch, chunk, model.encoder_features, model.config.hidden[-1])
+
+
+@torch.no_grad()
+def _encoded(model: TabularVAE, batch: TabularBatch, chunk: int,
+             encode: Callable[[TabularBatch], torch.Tensor], width: int) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
-    out = [model.encode(batch.rows(slice(s, s + chunk)).to(device))[0].double().cpu().numpy()
+    out = [encode(batch.rows(slice(s, s + chunk)).to(device)).double().cpu().numpy()
            for s in range(0, len(batch), chunk)]
-    return np.concatenate(out) if out else np.zeros((0, model.config.latent_dim))
+    return np.concatenate(out) if out else np.zeros((0, width))
 
 
 def score_batches(

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.density import LatentKNN, reference_rows, robust_scale
+from pipeline.density import MAX_TREE_DIM, LatentKNN, reference_rows, robust_scale
 
 
 def test_knn_distance_is_the_exact_kth_nearest_distance():
@@ -44,12 +44,12 @@ def test_reference_rows_keep_everything_below_the_cap_and_subsample_seeded_above
     assert np.array_equal(a, b) and len(np.unique(a)) == 10 and np.all(np.diff(a) > 0)
 
 
-@pytest.mark.parametrize("dim", [2, 15, 16, 24])
+@pytest.mark.parametrize("dim", [2, 15, 32, 33, 64])
 def test_knn_distance_is_exact_on_both_sides_of_the_tree_or_brute_force_switch(dim):
     rng = np.random.default_rng(dim)
     ref, q = rng.normal(size=(300, dim)), rng.normal(size=(40, dim)) * 1.5
     knn = LatentKNN(ref, 3)
-    assert (knn._tree is not None) == (dim <= 15)
+    assert (knn._tree is not None) == (dim <= MAX_TREE_DIM == 32)
     brute = np.sort(np.linalg.norm(q[:, None, :] - ref[None, :, :], axis=2), axis=1)[:, 2]
     assert np.allclose(knn.distance(q), brute, rtol=1e-12)
 

@@ -134,7 +134,7 @@ def test_latent_term_combines_standardised_elbo_and_knn_distance_and_survives_sa
 
     df, _ = make_table(400, seed=5)
     det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=2, latent_k=3, latent_weight=0.5,
-                             train_config=TrainConfig(max_epochs=5)).fit(df)
+                             density_space="latent", train_config=TrainConfig(max_epochs=5)).fit(df)
     assert det.score_scale_.shape == (2, 4) and len(det.latent_codes_) == 2
     assert det.latent_codes_[0].shape == (det.n_rows_["train"], det.model_config_.latent_dim)
     batch = det.batch(df.head(20))
@@ -149,6 +149,67 @@ def test_latent_term_combines_standardised_elbo_and_knn_distance_and_survives_sa
     loaded = VAEAnomalyDetector.load(tmp_path / "lat")
     assert loaded.latent_k == 3 and loaded.latent_weight == 0.5
     assert np.array_equal(loaded.score_samples(df), det.score_samples(df))
+
+
+def _nn_distance(codes: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
+    """k-th nearest-neighbour distance by brute force, independent of pipeline.density."""
+    d = np.sqrt(((codes[:, None, :] - ref[None, :, :].astype(np.float64)) ** 2).sum(axis=2))
+    return np.sort(d, axis=1)[:, k - 1]
+
+
+def test_hidden_density_terms_follow_their_formula_and_survive_save_load(tmp_path):
+    """Default density space: the encoder's last hidden layer, raw and at unit length, each term
+    standardised on the validation rows; checked against distances computed by brute force."""
+    from vae.config import TrainConfig
+    from vae.score import encoder_features, score_rows
+
+    df, _ = make_table(400, seed=7)
+    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=2, latent_k=2, latent_weight=0.7,
+                             cosine_weight=1.3, train_config=TrainConfig(max_epochs=5)).fit(df)
+    width = det.model_config_.hidden[-1]
+    assert det.density_space == "hidden" and det.density_weights() == [0.7, 1.3]
+    assert det.score_scale_.shape == (2, 6)
+    assert [c.shape for c in det.latent_codes_] == [(det.n_rows_["train"], width)] * 2
+    batch = det.batch(df.head(25))
+    expected = []
+    for m, ref, scale in zip(det.models_, det.latent_codes_, det.score_scale_, strict=True):
+        h = encoder_features(m, batch)
+        unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+        raw = _nn_distance(h, ref, 2)
+        cos = _nn_distance(unit(h).astype(np.float32).astype(np.float64), unit(ref.astype(np.float64)), 2)
+        expected.append((score_rows(m, batch).double().numpy() - scale[0]) / scale[1]
+                        + 0.7 * (raw - scale[2]) / scale[3] + 1.3 * (cos - scale[4]) / scale[5])
+    assert np.allclose(det.score_samples(df.head(25)), np.mean(expected, axis=0), atol=1e-5)
+    det.save(tmp_path / "hid")
+    loaded = VAEAnomalyDetector.load(tmp_path / "hid")
+    assert (loaded.density_space, loaded.latent_weight, loaded.cosine_weight) == ("hidden", 0.7, 1.3)
+    assert np.array_equal(loaded.score_samples(df), det.score_samples(df))
+
+
+def test_a_model_saved_before_density_space_loads_with_its_latent_score(tmp_path):
+    import json
+
+    from vae.config import TrainConfig
+
+    df, _ = make_table(300, seed=8)
+    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=1, density_space="latent", cosine_weight=0.0,
+                             train_config=TrainConfig(max_epochs=3)).fit(df)
+    d = det.save(tmp_path / "old")
+    meta = json.loads((d / "detector.json").read_text())
+    for key in ("cosine_weight", "density_space"):
+        del meta["params"][key]
+    (d / "detector.json").write_text(json.dumps(meta))
+    old = VAEAnomalyDetector.load(d)
+    assert (old.density_space, old.cosine_weight) == ("latent", 0.0)
+    assert np.array_equal(old.score_samples(df), det.score_samples(df))
+
+
+def test_bad_density_settings_are_refused():
+    df, _ = make_table(300, seed=9)
+    with pytest.raises(InputError, match=r"density_space must be one of \('hidden', 'latent'\), got 'input'"):
+        VAEAnomalyDetector(alpha=0.1, id_columns=["id"], density_space="input").fit(df)
+    with pytest.raises(InputError, match=r"latent_k, latent_weight and cosine_weight must be >= 0, got 1, 1\.0 and -1"):
+        VAEAnomalyDetector(alpha=0.1, id_columns=["id"], cosine_weight=-1).fit(df)
 
 
 def test_a_model_saved_before_the_latent_term_loads_with_the_plain_score(tmp_path):
