@@ -221,20 +221,34 @@ class VAEAnomalyDetector:
         return self
 
     def _fit_latent_density(self, train_b: TabularBatch, val_b: TabularBatch) -> None:
-        """Reference codes of each VAE and the validation medians / IQRs of every score term."""
+        """Reference codes of each VAE and the validation medians / IQRs of every score term.
+
+        The references are the training and validation rows (a seeded sample beyond the cap): the
+        density terms need no held-out rows of their own. A validation row that is a reference is
+        measured leaving itself out (its distance to the (k+1)-th nearest reference, itself being the
+        first), so its distance is what a new row's would be. The calibration rows stay out of both.
+        """
         self.latent_codes_: list[np.ndarray] = []
         self.score_scale_: np.ndarray | None = None
         self._knn = None
         if not self.latent_k:
             return
         cap = MAX_HIDDEN_REFERENCE_ROWS if self.density_space == "hidden" else MAX_REFERENCE_ROWS
-        ref = train_b.rows(torch.from_numpy(reference_rows(len(train_b), self.seed, cap)))
+        n_train = len(train_b)
+        pick = reference_rows(n_train + len(val_b), self.seed, cap)
+        both = TabularBatch(*(torch.cat([a, b]) for a, b in zip(train_b, val_b, strict=True)))
+        ref = both.rows(torch.from_numpy(pick))
+        own = np.zeros(len(val_b), dtype=bool)  # validation rows among the references
+        own[pick[pick >= n_train] - n_train] = True
         self.latent_codes_ = [self._density_codes(m, ref).astype(np.float32) for m in self.models_]
         scale = []
         for m, knns in zip(self.models_, self._latent_knns(), strict=True):
             row = list(robust_scale(score_rows(m, val_b, self.score_method, self.n_draws).double().cpu().numpy()))
             for knn, codes in zip(knns, self._term_codes(self._density_codes(m, val_b)), strict=True):
-                row += robust_scale(knn.distance(codes))
+                dist = knn.distance(codes)
+                if own.any():
+                    dist[own] = LatentKNN(knn.codes, self.latent_k + 1).distance(codes[own])
+                row += robust_scale(dist)
             scale.append(row)
         self.score_scale_ = np.asarray(scale, dtype=np.float64)
 

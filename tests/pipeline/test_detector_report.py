@@ -136,7 +136,8 @@ def test_latent_term_combines_standardised_elbo_and_knn_distance_and_survives_sa
     det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=2, latent_k=3, latent_weight=0.5,
                              density_space="latent", train_config=TrainConfig(max_epochs=5)).fit(df)
     assert det.score_scale_.shape == (2, 4) and len(det.latent_codes_) == 2
-    assert det.latent_codes_[0].shape == (det.n_rows_["train"], det.model_config_.latent_dim)
+    n_ref = det.n_rows_["train"] + det.n_rows_["val"]  # training and validation rows
+    assert det.latent_codes_[0].shape == (n_ref, det.model_config_.latent_dim)
     batch = det.batch(df.head(20))
     expected = []
     for m, codes, (m_e, s_e, m_r, s_r) in zip(det.models_, det.latent_codes_, det.score_scale_, strict=True):
@@ -169,7 +170,15 @@ def test_hidden_density_terms_follow_their_formula_and_survive_save_load(tmp_pat
     width = det.model_config_.hidden[-1]
     assert det.density_space == "hidden" and det.density_weights() == [0.7, 1.3]
     assert det.score_scale_.shape == (2, 6)
-    assert [c.shape for c in det.latent_codes_] == [(det.n_rows_["train"], width)] * 2
+    assert [c.shape for c in det.latent_codes_] == [(det.n_rows_["train"] + det.n_rows_["val"], width)] * 2
+    # the validation rows are references too: their distances leave themselves out (the (k+1)-th)
+    from pipeline.density import robust_scale
+    from pipeline.split import split_rows
+
+    split = split_rows(len(df), det.val_fraction, det.cal_fraction, det.seed)
+    val = det.batch(df.iloc[split.val])
+    for m, ref, scale in zip(det.models_, det.latent_codes_, det.score_scale_, strict=True):
+        assert np.allclose(robust_scale(_nn_distance(encoder_features(m, val), ref, 3)), scale[2:4], rtol=1e-5)
     batch = det.batch(df.head(25))
     expected = []
     for m, ref, scale in zip(det.models_, det.latent_codes_, det.score_scale_, strict=True):
