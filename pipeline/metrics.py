@@ -42,7 +42,10 @@ def labelled_metrics(y: np.ndarray, scores: np.ndarray, flagged: np.ndarray) -> 
 
 
 def f1_optimal_threshold(y: np.ndarray, scores: np.ndarray) -> float | None:
-    """Score threshold t (flag score > t) maximising F1 on labelled rows; None without anomalies."""
+    """Score threshold t (flag score > t) maximising F1 on labelled rows; None without anomalies.
+
+    t lies midway between the lowest flagged score and the highest unflagged one, so no row's score sits
+    on it (a report's scores, printed to 9 significant digits, then agree with its flags)."""
     y = np.asarray(y, dtype=np.int64)
     if not (y == 1).any():
         return None
@@ -54,4 +57,7 @@ def f1_optimal_threshold(y: np.ndarray, scores: np.ndarray) -> float | None:
     # Only cut between distinct scores: flag the top i+1 rows <=> score > next score.
     distinct = np.r_[s[1:] < s[:-1], True]
     i = int(np.argmax(np.where(distinct, f1, -1.0)))
-    return float(s[i + 1]) if i + 1 < len(s) else float(np.nextafter(s[i], -np.inf))
+    if i + 1 == len(s):
+        return float(np.nextafter(s[i], -np.inf))
+    mid = (s[i] + s[i + 1]) / 2
+    return float(mid if s[i + 1] <= mid < s[i] else s[i + 1])

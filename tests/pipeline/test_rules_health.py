@@ -103,7 +103,8 @@ def test_labelled_metrics_and_f1_optimal_threshold():
     assert (m["precision"], m["recall"], m["f1"]) == (0.5, 0.5, 0.5)
     assert m["auroc"] == pytest.approx(5 / 6)
     t = f1_optimal_threshold(y, s)
-    assert t == pytest.approx(0.2)  # flag 0.8, 0.9, 1.0: F1 = 0.8, the best cut
+    assert t == pytest.approx(0.5)  # flag 0.8, 0.9, 1.0: F1 = 0.8, the best cut, midway between 0.8 and 0.2
+    assert f1_optimal_threshold(np.array([0, 1]), np.array([1.0, np.nextafter(1.0, 2.0)])) == 1.0  # adjacent
     assert f1_optimal_threshold(np.zeros(5, int), s) is None
     with pytest.raises(InputError, match=r"label column 'y' must hold 0 or 1 \(1 = anomaly\), row 1 holds 'x'"):
         labels_from(np.array([0, "x"], dtype=object), "y")
