@@ -92,14 +92,20 @@ class LatentKNN:
         data) gets an infinite distance, so its score is not finite and scoring names the row.
         """
         z = np.asarray(z, dtype=np.float64)
-        out = np.full(len(z), np.inf)
         ok = np.isfinite(z).all(axis=1)
+        if ok.all():  # the usual case: no copy of the rows
+            return self._search(z)
+        out = np.full(len(z), np.inf)
         if ok.any():
-            if self._tree is not None:
-                out[ok] = self._tree.query(z[ok], k=[self.k])[0][:, -1]
-            else:
-                out[ok] = self._brute.kneighbors(z[ok], return_distance=True)[0][:, -1]
+            out[ok] = self._search(z[ok])
         return out
+
+    def _search(self, z: np.ndarray) -> np.ndarray:
+        if len(z) == 0:
+            return np.zeros(0)
+        if self._tree is not None:
+            return self._tree.query(z, k=[self.k])[0][:, -1]
+        return self._brute.kneighbors(z, return_distance=True)[0][:, -1]
 
 
 def unit_rows(codes: np.ndarray) -> np.ndarray:
