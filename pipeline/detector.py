@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 META_FILE = "detector.json"
-SCORE_CHUNK = 65536
+SCORE_CHUNK = 32768
 DENSITY_SPACES = ("hidden", "latent")
 # Training codes kept per VAE in the hidden space (a seeded sample beyond this): at most 20 MB of
 # float32 per VAE, and it bounds the cost of the brute-force search in 16-256 dimensions.

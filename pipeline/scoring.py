@@ -56,8 +56,8 @@ from pipeline.report import atomic_writer, csv_header, csv_rows, neutralise_cell
 from pipeline.rules import FlagRule, apply_rule
 from pipeline.schema import most_extreme
 
-# Rows per chunk. Measured with 21 numeric columns: 4 x SCORE_CHUNK rows peaked at 1.3 GB RSS (about 700 MB
-# above the loaded model and libraries), over the 1 GiB target; one SCORE_CHUNK keeps the chunks' share small.
+# Rows per chunk. Measured with 21 numeric columns (1 M rows, `benchmarks.scoring`): 4 x 65,536 rows peaked at
+# 1.3 GB RSS, 65,536 at 1,016-1,036 MB with the hidden-layer density terms, 32,768 at 796 MB for the same time.
 CHUNK_ROWS = SCORE_CHUNK
 ATTRIBUTION = ("top_features", "top_observed", "top_expected")
 Progress = Callable[[int, float], None]
