@@ -1,16 +1,19 @@
-"""Latent-space density term of the score: k-NN distance to the training rows' posterior means.
+"""Density terms of the score: k-NN distance from a row's code to the training rows' codes.
 
-The encoder maps normal training rows to the aggregate posterior q(z) = 1/N sum_i q(z | x_i), much
-narrower than the prior N(0, I) that the ELBO's KL term measures against. A row whose posterior
-mean mu(x) lands where no training row's does lies in a low-density region of q(z) even when the
-decoder reconstructs it well. The k-NN density estimate q(z) ~ k / (N V_d r_k(z)^d)
-(Loftsgaarden & Quesenberry 1965) ranks rows by r_k(z), the distance from mu(x) to the k-th
-nearest training code (Euclidean, exact: a k-d tree for small latent sizes, else brute force).
+The code is what a VAE's encoder makes of a row: its posterior mean mu(x) (``latent``) or, by
+default for tables and (as conv feature maps) for images, the encoder's last hidden activations.
+The encoder maps normal training rows to a narrow region, much narrower than the prior N(0, I) that
+the ELBO's KL term measures against; a row whose code lands where no training row's does is in a
+low-density region even when the decoder reconstructs it well. The k-NN density estimate
+p(c) ~ k / (N V_d r_k(c)^d) (Loftsgaarden & Quesenberry 1965) ranks rows by r_k(c), the distance from
+the row's code to the k-th nearest reference code (Euclidean, exact: a k-d tree up to
+``MAX_TREE_DIM`` dimensions, else brute force). Distances between codes scaled to unit length
+(:func:`term_codes`) compare the pattern of activations and ignore their size.
 
-The combined score of one VAE is  (-ELBO(x) - m_E) / s_E + w * (r_k(x) - m_r) / s_r,  each term
+The combined score of one VAE is  (-ELBO(x) - m_E) / s_E + sum_j w_j (r_j(x) - m_j) / s_j,  each term
 standardised by its median m and interquartile range s on the validation rows (held out from the
-weights, so their r_k is not the 0 a training row has to itself). The conformal threshold is then
-set on the combined score of the calibration rows, which neither term has seen.
+weights; where they are also references, their own distance leaves themselves out). The conformal
+threshold is then set on the combined score of the calibration rows, which no term has seen.
 """
 
 from __future__ import annotations
