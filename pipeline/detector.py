@@ -98,8 +98,8 @@ class VAEAnomalyDetector:
             same rows; the score is the mean of their scores. 3 by default: it lowered the
             seed-to-seed spread for a small gain in mean AUROC (benchmarks/ablation.py).
         latent_k: with k >= 1, each VAE's score adds the density terms of :mod:`pipeline.density`:
-            the distance from the row's code to the k-th nearest training row's code, each term
-            standardised on the validation rows; 0 = the plain score. 1 by default.
+            the distance from the row's code to the k-th nearest code of the training and validation
+            rows, each term standardised on the validation rows; 0 = the plain score. 1 by default.
         latent_weight: weight of the distance between the codes as they are.
         cosine_weight: (``hidden`` space) weight of the second density term, the same codes scaled to
             unit length (it compares the pattern of activations, not their size).
