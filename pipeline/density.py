@@ -88,27 +88,29 @@ class LatentKNN:
 
             self._brute = NearestNeighbors(n_neighbors=self.k, algorithm="brute").fit(codes)
 
-    def distance(self, z: np.ndarray) -> np.ndarray:
-        """(n,) distance from each row of z: (n, latent_dim) to its k-th nearest reference code.
+    def distance(self, z: np.ndarray, rank: int | None = None) -> np.ndarray:
+        """(n,) distance from each row of z: (n, latent_dim) to its k-th nearest reference code (or its
+        ``rank``-th, clipped to the number of codes: rows that are references themselves pass k + 1).
 
         A row whose code is not finite (the encoder overflowed on a value far outside the training
         data) gets an infinite distance, so its score is not finite and scoring names the row.
         """
+        rank = self.k if rank is None else min(int(rank), len(self.codes))
         z = np.asarray(z, dtype=np.float64)
         ok = np.isfinite(z).all(axis=1)
         if ok.all():  # the usual case: no copy of the rows
-            return self._search(z)
+            return self._search(z, rank)
         out = np.full(len(z), np.inf)
         if ok.any():
-            out[ok] = self._search(z[ok])
+            out[ok] = self._search(z[ok], rank)
         return out
 
-    def _search(self, z: np.ndarray) -> np.ndarray:
+    def _search(self, z: np.ndarray, rank: int) -> np.ndarray:
         if len(z) == 0:
             return np.zeros(0)
         if self._tree is not None:
-            return self._tree.query(z, k=[self.k])[0][:, -1]
-        return self._brute.kneighbors(z, return_distance=True)[0][:, -1]
+            return self._tree.query(z, k=[rank])[0][:, -1]
+        return self._brute.kneighbors(z, n_neighbors=rank, return_distance=True)[0][:, -1]
 
 
 def unit_rows(codes: np.ndarray) -> np.ndarray:
@@ -121,6 +123,50 @@ def term_codes(codes: np.ndarray, with_unit: bool) -> list[np.ndarray]:
     """The codes of each density term from one VAE's codes: as they are, and (``with_unit``) at unit length,
     whose distances compare the direction of the activation pattern and ignore its size."""
     return [codes, unit_rows(codes)] if with_unit else [codes]
+
+
+class DensityTerms:
+    """The density terms' bookkeeping, shared by the table and image detectors.
+
+    The detector sets ``density_space`` (``latent``: one term on posterior means; any other space: two
+    terms, the codes as they are and at unit length), ``latent_k``, ``latent_weight``,
+    ``cosine_weight``, and after fitting ``latent_codes_`` (one (m, d) array of reference codes per VAE).
+    """
+
+    density_space: str
+    latent_k: int
+    latent_weight: float
+    cosine_weight: float
+    latent_codes_: list[np.ndarray]
+    _knn: list[list[LatentKNN]] | None
+
+    def density_weights(self) -> list[float]:
+        """The weight of each density term: ``[latent_weight]`` in the latent space; otherwise
+        ``[latent_weight, cosine_weight]`` (the codes as they are, then the same scaled to unit length)."""
+        return [self.latent_weight] if self.density_space == "latent" else [self.latent_weight, self.cosine_weight]
+
+    def _term_codes(self, codes: np.ndarray) -> list[np.ndarray]:
+        return term_codes(codes, with_unit=self.density_space != "latent")
+
+    def _latent_knns(self) -> list[list[LatentKNN]]:
+        """Per VAE, one k-NN index per density term over its reference codes, built on first use (not saved)."""
+        if getattr(self, "_knn", None) is None:
+            self._knn = [[LatentKNN(t, self.latent_k) for t in self._term_codes(c)] for c in self.latent_codes_]
+        return self._knn
+
+    def _distances(self, i: int, codes: np.ndarray, own: np.ndarray | None = None) -> list[np.ndarray]:
+        """VAE i's k-NN distance of each density term, (n,) each, for its codes (n, d) of n rows. Rows marked
+        in ``own`` (n,) are references themselves: measured to the (k+1)-th nearest, leaving themselves out."""
+        out = []
+        for knn, c in zip(self._latent_knns()[i], self._term_codes(codes), strict=True):
+            if own is None or not own.any():
+                out.append(knn.distance(c))
+                continue
+            d = np.empty(len(c))
+            d[~own] = knn.distance(c[~own])
+            d[own] = knn.distance(c[own], rank=self.latent_k + 1)
+            out.append(d)
+        return out
 
 
 def robust_scale(values: np.ndarray) -> tuple[float, float]:

@@ -21,14 +21,7 @@ import pandas as pd
 import torch
 
 from pipeline.calibrate import check_alpha, conformal_threshold, min_calibration_rows
-from pipeline.density import (
-    MAX_REFERENCE_ROWS,
-    LatentKNN,
-    reference_rows,
-    robust_scale,
-    search_pool,
-    term_codes,
-)
+from pipeline.density import MAX_REFERENCE_ROWS, DensityTerms, reference_rows, robust_scale, search_pool
 from pipeline.errors import InputError, ModelError
 from pipeline.metrics import labels_from
 from pipeline.model_files import CAL_FILE, WEIGHTS_FILE, restore_members, write_model_files
@@ -44,7 +37,6 @@ from vae.score import (
     encoder_features,
     posterior_means,
     score_pass,
-    score_rows,
 )
 from vae.train import TrainHistory, fit
 
@@ -79,7 +71,7 @@ class Explanation:
     likely_codes: list[np.ndarray]
 
 
-class VAEAnomalyDetector:
+class VAEAnomalyDetector(DensityTerms):
     """VAE anomaly detector for tables; higher score = more anomalous.
 
     Args:
@@ -243,23 +235,13 @@ class VAEAnomalyDetector:
         own[pick[pick >= n_train] - n_train] = True
         self.latent_codes_ = [self._density_codes(m, ref).astype(np.float32) for m in self.models_]
         scale = []
-        for m, knns in zip(self.models_, self._latent_knns(), strict=True):
-            row = list(robust_scale(score_rows(m, val_b, self.score_method, self.n_draws).double().cpu().numpy()))
-            for knn, codes in zip(knns, self._term_codes(self._density_codes(m, val_b)), strict=True):
-                dist = knn.distance(codes)
-                if own.any():
-                    dist[own] = LatentKNN(knn.codes, self.latent_k + 1).distance(codes[own])
+        for i, m in enumerate(self.models_):
+            p = score_pass(m, val_b, self.score_method, self.n_draws)
+            row = list(robust_scale(p.score.double().cpu().numpy()))
+            for dist in self._distances(i, self._pass_codes(p), own):
                 row += robust_scale(dist)
             scale.append(row)
         self.score_scale_ = np.asarray(scale, dtype=np.float64)
-
-    def density_weights(self) -> list[float]:
-        """The weight of each density term: ``[latent_weight]`` in the latent space; in the hidden space
-        ``[latent_weight, cosine_weight]`` (the activations, then the same scaled to unit length)."""
-        return [self.latent_weight] if self.density_space == "latent" else [self.latent_weight, self.cosine_weight]
-
-    def _term_codes(self, codes: np.ndarray) -> list[np.ndarray]:
-        return term_codes(codes, with_unit=self.density_space != "latent")
 
     def _density_codes(self, model: TabularVAE, batch: TabularBatch) -> np.ndarray:
         """(n, d) float64 codes of the rows for the density terms: mu(x) or the encoder's last hidden layer."""
@@ -269,16 +251,6 @@ class VAEAnomalyDetector:
 
     def _pass_codes(self, p: MemberPass) -> np.ndarray:
         return (p.mu if self.density_space == "latent" else p.features).double().cpu().numpy()
-
-    def _latent_knns(self) -> list[list[LatentKNN]]:
-        """Per VAE, one k-NN index per density term over its reference codes, built on first use (not saved)."""
-        if getattr(self, "_knn", None) is None:
-            self._knn = [[LatentKNN(t, self.latent_k) for t in self._term_codes(c)] for c in self.latent_codes_]
-        return self._knn
-
-    def _distances(self, i: int, codes: np.ndarray) -> list[np.ndarray]:
-        """VAE i's k-NN distance of each density term, (n,) each."""
-        return [knn.distance(c) for knn, c in zip(self._latent_knns()[i], self._term_codes(codes), strict=True)]
 
     # ------------------------------------------------------------- scoring
     def _check_fitted(self) -> None:

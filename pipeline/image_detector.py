@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from pipeline.calibrate import check_alpha, conformal_threshold, min_calibration_rows
-from pipeline.density import MAX_REFERENCE_ROWS, LatentKNN, reference_rows, robust_scale, term_codes
+from pipeline.density import MAX_REFERENCE_ROWS, DensityTerms, reference_rows, robust_scale
 from pipeline.errors import InputError, ModelError
 from pipeline.model_files import CAL_FILE, WEIGHTS_FILE, restore_members, write_model_files
 from pipeline.split import split_rows
@@ -43,7 +43,7 @@ DENSITY_SPACES = ("latent", "conv")
 MAX_CONV_CODE_BYTES = 64 * 2**20
 
 
-class ImageVAEDetector:
+class ImageVAEDetector(DensityTerms):
     """Convolutional VAE anomaly detector for images; higher score = more anomalous.
 
     Args:
@@ -146,7 +146,7 @@ class ImageVAEDetector:
         """Reference codes of each VAE and the validation medians / IQRs of every score term."""
         self.latent_codes_: list[np.ndarray] = []
         self.score_scale_: np.ndarray | None = None
-        self._knn: list[list[LatentKNN]] | None = None
+        self._knn = None
         if not self.latent_k:
             return
         cap = MAX_REFERENCE_ROWS
@@ -155,27 +155,12 @@ class ImageVAEDetector:
         ref = X_train[reference_rows(len(X_train), self.seed, cap)]
         self.latent_codes_ = [self._density_codes(m, ref) for m in self.models_]
         scale = []
-        for m, knns in zip(self.models_, self._latent_knns(), strict=True):
+        for i, m in enumerate(self.models_):
             row = list(robust_scale(self._member_scores(m, X_val)))
-            for knn, codes in zip(knns, self._term_codes(self._density_codes(m, X_val)), strict=True):
-                row += robust_scale(knn.distance(codes))
+            for dist in self._distances(i, self._density_codes(m, X_val)):
+                row += robust_scale(dist)
             scale.append(row)
         self.score_scale_ = np.asarray(scale, dtype=np.float64)
-
-    def density_weights(self) -> list[float]:
-        """The weight of each density term: ``[latent_weight]`` in the latent space; in the conv space
-        ``[latent_weight, cosine_weight]`` (raw feature maps, then the same scaled to unit length)."""
-        return [self.latent_weight] if self.density_space == "latent" else [self.latent_weight, self.cosine_weight]
-
-    def _term_codes(self, codes: np.ndarray) -> list[np.ndarray]:
-        """The codes of each density term from one VAE's codes: as they are, and (conv) at unit length."""
-        return term_codes(codes, with_unit=self.density_space != "latent")
-
-    def _latent_knns(self) -> list[list[LatentKNN]]:
-        """Per VAE, one k-NN index per density term over its reference codes, built on first use (not saved)."""
-        if getattr(self, "_knn", None) is None:
-            self._knn = [[LatentKNN(t, self.latent_k) for t in self._term_codes(c)] for c in self.latent_codes_]
-        return self._knn
 
     def _density_codes(self, model: ConvVAE, X: np.ndarray) -> np.ndarray:
         """(n, d) float32 codes of images X for the density terms: mu(x), or the conv feature maps."""
@@ -196,12 +181,11 @@ class ImageVAEDetector:
             raise ModelError("score_terms needs a detector fitted with latent_k >= 1")
         X = self._check_shape(X)
         out = []
-        for i, (m, knns) in enumerate(zip(self.models_, self._latent_knns(), strict=True)):
+        for i, m in enumerate(self.models_):
             scale = self.score_scale_[i]
             rec = (self._member_scores(m, X) - scale[0]) / scale[1]
-            terms = [(knn.distance(codes) - scale[2 + 2 * j]) / scale[3 + 2 * j]
-                     for j, (knn, codes) in enumerate(zip(knns, self._term_codes(self._density_codes(m, X)),
-                                                          strict=True))]
+            terms = [(d - scale[2 + 2 * j]) / scale[3 + 2 * j]
+                     for j, d in enumerate(self._distances(i, self._density_codes(m, X)))]
             out.append((rec, terms))
         return out
 

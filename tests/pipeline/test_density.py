@@ -50,8 +50,10 @@ def test_knn_distance_is_exact_on_both_sides_of_the_tree_or_brute_force_switch(d
     ref, q = rng.normal(size=(300, dim)), rng.normal(size=(40, dim)) * 1.5
     knn = LatentKNN(ref, 3)
     assert (knn._tree is not None) == (dim <= MAX_TREE_DIM == 32)
-    brute = np.sort(np.linalg.norm(q[:, None, :] - ref[None, :, :], axis=2), axis=1)[:, 2]
-    assert np.allclose(knn.distance(q), brute, rtol=1e-12)
+    brute = np.sort(np.linalg.norm(q[:, None, :] - ref[None, :, :], axis=2), axis=1)
+    assert np.allclose(knn.distance(q), brute[:, 2], rtol=1e-12)
+    assert np.allclose(knn.distance(q, rank=4), brute[:, 3], rtol=1e-12)  # another rank, same index
+    assert np.allclose(knn.distance(q, rank=1000), brute[:, -1], rtol=1e-12)  # clipped to the 300 codes
 
 
 def _search_in_child(q) -> None:
