@@ -12,8 +12,9 @@ the row's code to the k-th nearest reference code (Euclidean, exact: a k-d tree 
 
 The combined score of one VAE is  (-ELBO(x) - m_E) / s_E + sum_j w_j (r_j(x) - m_j) / s_j,  each term
 standardised by its median m and interquartile range s on the validation rows (held out from the
-weights; where they are also references, their own distance leaves themselves out). The conformal
-threshold is then set on the combined score of the calibration rows, which no term has seen.
+weights). The conformal threshold is then set on the combined score of the calibration rows (held out
+from the weights and the standardisation). Where validation or calibration rows are also references,
+their own distance leaves themselves out, so it is what a new row's would be.
 """
 
 from __future__ import annotations

@@ -90,8 +90,8 @@ class VAEAnomalyDetector(DensityTerms):
             same rows; the score is the mean of their scores. 3 by default: it lowered the
             seed-to-seed spread for a small gain in mean AUROC (benchmarks/ablation.py).
         latent_k: with k >= 1, each VAE's score adds the density terms of :mod:`pipeline.density`:
-            the distance from the row's code to the k-th nearest code of the training and validation
-            rows, each term standardised on the validation rows; 0 = the plain score. 1 by default.
+            the distance from the row's code to the k-th nearest code of the training, validation and
+            calibration rows, each term standardised on the validation rows; 0 = the plain score. 1 by default.
         latent_weight: weight of the distance between the codes as they are.
         cosine_weight: (``hidden`` space) weight of the second density term, the same codes scaled to
             unit length (it compares the pattern of activations, not their size).
@@ -203,9 +203,9 @@ class VAEAnomalyDetector(DensityTerms):
             self.models_.append(model.to("cpu"))
         self.history_: TrainHistory = histories[0]
         self.histories_ = histories
-        self._fit_latent_density(train_b, val_b)
         cal_features = features.iloc[positions[split.cal]]
-        self.calibration_scores_ = self.score_validated(cal_features)
+        cal_own = self._fit_latent_density(train_b, val_b, self.preprocessor_.transform(cal_features))
+        self.calibration_scores_ = self._score_own(cal_features, cal_own)
         # A typical normal row's per-feature NLL: attribution reports each feature's excess over it.
         self.feature_nll_baseline_ = np.median(self._explain(cal_features).nll, axis=0)
         self.threshold_ = conformal_threshold(self.calibration_scores_, self.alpha)
@@ -213,35 +213,41 @@ class VAEAnomalyDetector(DensityTerms):
                         "excluded_anomalies": int((~normal).sum())}
         return self
 
-    def _fit_latent_density(self, train_b: TabularBatch, val_b: TabularBatch) -> None:
+    def _fit_latent_density(self, train_b: TabularBatch, val_b: TabularBatch, cal_b: TabularBatch) -> np.ndarray:
         """Reference codes of each VAE and the validation medians / IQRs of every score term.
 
-        The references are the training and validation rows (a seeded sample beyond the cap): the
-        density terms need no held-out rows of their own. A validation row that is a reference is
-        measured leaving itself out (its distance to the (k+1)-th nearest reference, itself being the
-        first), so its distance is what a new row's would be. The calibration rows stay out of both.
+        The references are all the normal rows of the training data: the training, validation and
+        calibration rows (a seeded sample beyond the cap), as a k-NN detector keeps all of its data.
+        A validation or calibration row that is a reference is measured leaving itself out (its
+        distance to the (k+1)-th nearest reference, itself being the first), so its distance is what a
+        new row's would be against the other references, and both sets stay usable: the validation
+        rows to standardise the terms, the calibration rows to set the threshold.
+
+        Returns:
+            (n_cal,) bool: which calibration rows are references (for :meth:`_score_own`).
         """
         self.latent_codes_: list[np.ndarray] = []
         self.score_scale_: np.ndarray | None = None
         self._knn = None
         if not self.latent_k:
-            return
+            return np.zeros(len(cal_b), dtype=bool)
         cap = MAX_HIDDEN_REFERENCE_ROWS if self.density_space == "hidden" else MAX_REFERENCE_ROWS
-        n_train = len(train_b)
-        pick = reference_rows(n_train + len(val_b), self.seed, cap)
-        both = TabularBatch(*(torch.cat([a, b]) for a, b in zip(train_b, val_b, strict=True)))
-        ref = both.rows(torch.from_numpy(pick))
-        own = np.zeros(len(val_b), dtype=bool)  # validation rows among the references
-        own[pick[pick >= n_train] - n_train] = True
+        n_train, n_val = len(train_b), len(val_b)
+        pick = reference_rows(n_train + n_val + len(cal_b), self.seed, cap)
+        pool = TabularBatch(*(torch.cat(parts) for parts in zip(train_b, val_b, cal_b, strict=True)))
+        ref = pool.rows(torch.from_numpy(pick))
+        own = np.zeros(n_train + n_val + len(cal_b), dtype=bool)  # rows among the references
+        own[pick] = True
         self.latent_codes_ = [self._density_codes(m, ref).astype(np.float32) for m in self.models_]
         scale = []
         for i, m in enumerate(self.models_):
             p = score_pass(m, val_b, self.score_method, self.n_draws)
             row = list(robust_scale(p.score.double().cpu().numpy()))
-            for dist in self._distances(i, self._pass_codes(p), own):
+            for dist in self._distances(i, self._pass_codes(p), own[n_train : n_train + n_val]):
                 row += robust_scale(dist)
             scale.append(row)
         self.score_scale_ = np.asarray(scale, dtype=np.float64)
+        return own[n_train + n_val :]
 
     def _density_codes(self, model: TabularVAE, batch: TabularBatch) -> np.ndarray:
         """(n, d) float64 codes of the rows for the density terms: mu(x) or the encoder's last hidden layer."""
@@ -263,6 +269,13 @@ class VAEAnomalyDetector(DensityTerms):
 
     def score_validated(self, features: pd.DataFrame) -> np.ndarray:
         out = [self._combine(*self._passes(b, explain=False)) for b in self._batches(features)]
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def _score_own(self, features: pd.DataFrame, own: np.ndarray) -> np.ndarray:
+        """Scores of rows of which those marked in ``own`` (n,) are density references themselves: their
+        distances leave themselves out (the calibration rows at fit time)."""
+        out = [self._combine(*self._passes(b, explain=False, own=own[start : start + len(b)]))
+               for start, b in zip(range(0, len(features), SCORE_CHUNK), self._batches(features), strict=True)]
         return np.concatenate(out) if out else np.zeros(0)
 
     def explain_validated(self, features: pd.DataFrame) -> Explanation:
@@ -296,19 +309,20 @@ class VAEAnomalyDetector(DensityTerms):
             [np.concatenate([p.likely_codes[j] for p in parts]) for j in range(len(self.schema_.categorical))],
         )
 
-    def _passes(self, batch: TabularBatch, explain: bool, search: bool = True
+    def _passes(self, batch: TabularBatch, explain: bool, search: bool = True, own: np.ndarray | None = None
                 ) -> tuple[list[MemberPass], list[Future[np.ndarray]]]:
         """One :func:`vae.score.score_pass` per VAE of the ensemble; with the latent term on, each VAE's
         k-NN distances are searched in a background thread while the next VAE runs (both release the GIL).
 
         Returns the passes and, with the density terms on, each VAE's search for its k-NN distances
-        (else []): :meth:`_combine` waits for them, so the caller can do other work in between.
+        (else []): :meth:`_combine` waits for them, so the caller can do other work in between. Rows
+        marked in ``own`` are references themselves and are measured leaving themselves out.
         """
         passes, searches = [], []
         for i, m in enumerate(self.models_):
             passes.append(score_pass(m, batch, self.score_method, self.n_draws, explain=explain))
             if self.latent_k and search:
-                searches.append(search_pool().submit(self._distances, i, self._pass_codes(passes[-1])))
+                searches.append(search_pool().submit(self._distances, i, self._pass_codes(passes[-1]), own))
         return passes, searches
 
     def _explain_batch(self, batch: TabularBatch, passes: list[MemberPass]) -> Explanation:

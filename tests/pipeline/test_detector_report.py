@@ -136,7 +136,7 @@ def test_latent_term_combines_standardised_elbo_and_knn_distance_and_survives_sa
     det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=2, latent_k=3, latent_weight=0.5,
                              density_space="latent", train_config=TrainConfig(max_epochs=5)).fit(df)
     assert det.score_scale_.shape == (2, 4) and len(det.latent_codes_) == 2
-    n_ref = det.n_rows_["train"] + det.n_rows_["val"]  # training and validation rows
+    n_ref = det.n_rows_["train"] + det.n_rows_["val"] + det.n_rows_["cal"]  # all the normal rows
     assert det.latent_codes_[0].shape == (n_ref, det.model_config_.latent_dim)
     batch = det.batch(df.head(20))
     expected = []
@@ -170,7 +170,7 @@ def test_hidden_density_terms_follow_their_formula_and_survive_save_load(tmp_pat
     width = det.model_config_.hidden[-1]
     assert det.density_space == "hidden" and det.density_weights() == [0.7, 1.3]
     assert det.score_scale_.shape == (2, 6)
-    assert [c.shape for c in det.latent_codes_] == [(det.n_rows_["train"] + det.n_rows_["val"], width)] * 2
+    assert [c.shape for c in det.latent_codes_] == [(len(df), width)] * 2  # every row is a reference
     # the validation rows are references too: their distances leave themselves out (the (k+1)-th)
     from pipeline.density import robust_scale
     from pipeline.split import split_rows
@@ -179,16 +179,24 @@ def test_hidden_density_terms_follow_their_formula_and_survive_save_load(tmp_pat
     val = det.batch(df.iloc[split.val])
     for m, ref, scale in zip(det.models_, det.latent_codes_, det.score_scale_, strict=True):
         assert np.allclose(robust_scale(_nn_distance(encoder_features(m, val), ref, 3)), scale[2:4], rtol=1e-5)
-    batch = det.batch(df.head(25))
-    expected = []
-    for m, ref, scale in zip(det.models_, det.latent_codes_, det.score_scale_, strict=True):
-        h = encoder_features(m, batch)
-        unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
-        raw = _nn_distance(h, ref, 2)
-        cos = _nn_distance(unit(h).astype(np.float32).astype(np.float64), unit(ref.astype(np.float64)), 2)
-        expected.append((score_rows(m, batch).double().numpy() - scale[0]) / scale[1]
-                        + 0.7 * (raw - scale[2]) / scale[3] + 1.3 * (cos - scale[4]) / scale[5])
-    assert np.allclose(det.score_samples(df.head(25)), np.mean(expected, axis=0), atol=1e-5)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+
+    def formula(rows, k):
+        batch, expected = det.batch(rows), []
+        for m, ref, scale in zip(det.models_, det.latent_codes_, det.score_scale_, strict=True):
+            h = encoder_features(m, batch)
+            raw = _nn_distance(h, ref, k)
+            cos = _nn_distance(unit(h).astype(np.float32).astype(np.float64), unit(ref.astype(np.float64)), k)
+            expected.append((score_rows(m, batch).double().numpy() - scale[0]) / scale[1]
+                            + 0.7 * (raw - scale[2]) / scale[3] + 1.3 * (cos - scale[4]) / scale[5])
+        return np.mean(expected, axis=0)
+
+    assert np.allclose(det.score_samples(df.head(25)), formula(df.head(25), 2), atol=1e-5)
+    # the calibration rows are references too: their scores (which set the threshold) leave themselves
+    # out, the (k+1)-th nearest, where scoring them as new rows would find themselves at distance 0
+    cal = df.iloc[split.cal]
+    assert np.allclose(det.calibration_scores_, formula(cal, 3), atol=1e-5)
+    assert (det.score_samples(cal) < det.calibration_scores_).all()
     det.save(tmp_path / "hid")
     loaded = VAEAnomalyDetector.load(tmp_path / "hid")
     assert (loaded.density_space, loaded.latent_weight, loaded.cosine_weight) == ("hidden", 0.7, 1.3)
