@@ -134,33 +134,46 @@ class ImageVAEDetector(DensityTerms):
             self.histories_.append(fit_images(model, train_t, val_t, replace(tc, seed=self.seed + i)))
             self.models_.append(model.to("cpu").eval())
         self.history_: TrainHistory = self.histories_[0]
-        self._fit_latent_density(X[split.train], X[split.val])
-        self.calibration_scores_ = self.score_samples(X[split.cal])
+        cal_own = self._fit_latent_density(X[split.train], X[split.val], X[split.cal])
+        self.calibration_scores_ = self._score(X[split.cal], cal_own)
         if not np.isfinite(self.calibration_scores_).all():
             raise InputError("some calibration images have non-finite scores: the training diverged; lower lr")
         self.threshold_ = conformal_threshold(self.calibration_scores_, self.alpha)
         self.n_rows_ = {"train": len(split.train), "val": len(split.val), "cal": len(split.cal)}
         return self
 
-    def _fit_latent_density(self, X_train: np.ndarray, X_val: np.ndarray) -> None:
-        """Reference codes of each VAE and the validation medians / IQRs of every score term."""
+    def _fit_latent_density(self, X_train: np.ndarray, X_val: np.ndarray, X_cal: np.ndarray) -> np.ndarray:
+        """Reference codes of each VAE and the validation medians / IQRs of every score term.
+
+        The references are all the training images: the training, validation and calibration images (a
+        seeded sample beyond the cap). A validation or calibration image that is a reference is measured
+        leaving itself out (the (k+1)-th nearest), so its distance is what a new image's would be.
+
+        Returns:
+            (n_cal,) bool: which calibration images are references (for :meth:`_score`).
+        """
         self.latent_codes_: list[np.ndarray] = []
         self.score_scale_: np.ndarray | None = None
         self._knn = None
         if not self.latent_k:
-            return
+            return np.zeros(len(X_cal), dtype=bool)
         cap = MAX_REFERENCE_ROWS
         if self.density_space == "conv":
             cap = max(MAX_CONV_CODE_BYTES // (4 * self.config_.feature_dim), 1)
-        ref = X_train[reference_rows(len(X_train), self.seed, cap)]
+        n_train, n_val = len(X_train), len(X_val)
+        pick = reference_rows(n_train + n_val + len(X_cal), self.seed, cap)
+        ref = np.concatenate([X_train, X_val, X_cal])[pick]
+        own = np.zeros(n_train + n_val + len(X_cal), dtype=bool)  # images among the references
+        own[pick] = True
         self.latent_codes_ = [self._density_codes(m, ref) for m in self.models_]
         scale = []
         for i, m in enumerate(self.models_):
             row = list(robust_scale(self._member_scores(m, X_val)))
-            for dist in self._distances(i, self._density_codes(m, X_val)):
+            for dist in self._distances(i, self._density_codes(m, X_val), own[n_train : n_train + n_val]):
                 row += robust_scale(dist)
             scale.append(row)
         self.score_scale_ = np.asarray(scale, dtype=np.float64)
+        return own[n_train + n_val :]
 
     def _density_codes(self, model: ConvVAE, X: np.ndarray) -> np.ndarray:
         """(n, d) float32 codes of images X for the density terms: mu(x), or the conv feature maps."""
@@ -174,9 +187,10 @@ class ImageVAEDetector(DensityTerms):
                  .double().cpu().numpy() for s in range(0, len(X), CHUNK)]
         return np.concatenate(parts) if parts else np.zeros(0)
 
-    def score_terms(self, X: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    def score_terms(self, X: np.ndarray, own: np.ndarray | None = None) -> list[tuple[np.ndarray, list[np.ndarray]]]:
         """Per VAE, the standardised reconstruction term (n,) and the standardised distance of each density
-        term (n,) (see :meth:`density_weights`); needs ``latent_k``."""
+        term (n,) (see :meth:`density_weights`); needs ``latent_k``. Images marked in ``own`` (n,) are
+        references themselves and are measured leaving themselves out."""
         if not getattr(self, "latent_k", 0):
             raise ModelError("score_terms needs a detector fitted with latent_k >= 1")
         X = self._check_shape(X)
@@ -185,7 +199,7 @@ class ImageVAEDetector(DensityTerms):
             scale = self.score_scale_[i]
             rec = (self._member_scores(m, X) - scale[0]) / scale[1]
             terms = [(d - scale[2 + 2 * j]) / scale[3 + 2 * j]
-                     for j, d in enumerate(self._distances(i, self._density_codes(m, X)))]
+                     for j, d in enumerate(self._distances(i, self._density_codes(m, X), own))]
             out.append((rec, terms))
         return out
 
@@ -216,14 +230,18 @@ class ImageVAEDetector(DensityTerms):
         """(n,) anomaly scores of images X (n, C, H, W) in [0, 1], higher = more anomalous; deterministic."""
         if not hasattr(self, "models_"):
             raise ModelError("this ImageVAEDetector is not fitted yet: call fit() or load()")
-        X = self._check_shape(X)
+        return self._score(self._check_shape(X))
+
+    def _score(self, X: np.ndarray, own: np.ndarray | None = None) -> np.ndarray:
+        """Scores of checked images X; those marked in ``own`` are density references themselves (the
+        calibration images at fit time) and are measured leaving themselves out."""
         if not len(X):
             return np.zeros(0)
         if not self.latent_k:
             return np.mean([self._member_scores(m, X) for m in self.models_], axis=0)
         weights = self.density_weights()
         return np.mean([rec + sum(w * t for w, t in zip(weights, terms, strict=True))
-                        for rec, terms in self.score_terms(X)], axis=0)
+                        for rec, terms in self.score_terms(X, own)], axis=0)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """(n,) 0/1 labels: 1 where the score is above the calibrated threshold."""

@@ -44,22 +44,23 @@ def _mu(m: ConvVAE, x: np.ndarray) -> np.ndarray:
     return m.encode(torch.from_numpy(x))[0].detach().double().numpy()
 
 
-def _nn1(z: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Brute-force Euclidean distance from each row of z to its nearest row of ref."""
-    return np.sqrt(((z[:, None, :] - ref[None, :, :]) ** 2).sum(-1)).min(axis=1)
+def _nn(z: np.ndarray, ref: np.ndarray, k: int = 1) -> np.ndarray:
+    """Brute-force Euclidean distance from each row of z to its k-th nearest row of ref."""
+    return np.sort(np.sqrt(((z[:, None, :] - ref[None, :, :]) ** 2).sum(-1)), axis=1)[:, k - 1]
 
 
-def _by_hand(det: ImageVAEDetector, X: np.ndarray) -> np.ndarray:
-    """The combined score from its definition: brute-force 1-NN, the median / IQR of the validation images."""
+def _by_hand(det: ImageVAEDetector, X: np.ndarray, k: int = 1) -> np.ndarray:
+    """The combined score from its definition: brute-force k-NN to all 150 training images (the validation
+    images, references themselves, measured to their 2nd nearest), the median / IQR of the validation images."""
     X_fit = _images(150, 0)
     split = split_rows(len(X_fit), det.val_fraction, det.cal_fraction, det.seed)
-    train, val = X_fit[split.train], X_fit[split.val]
+    val = X_fit[split.val]
     out = []
     for m in det.models_:
-        ref = _mu(m, train)
+        ref = _mu(m, X_fit)
         m_s, s_s = robust_scale(_rec(m, val))
-        m_r, s_r = robust_scale(_nn1(_mu(m, val), ref))
-        out.append((_rec(m, X) - m_s) / s_s + det.latent_weight * (_nn1(_mu(m, X), ref) - m_r) / s_r)
+        m_r, s_r = robust_scale(_nn(_mu(m, val), ref, 2))
+        out.append((_rec(m, X) - m_s) / s_s + det.latent_weight * (_nn(_mu(m, X), ref, k) - m_r) / s_r)
     return np.mean(out, axis=0)
 
 
@@ -70,9 +71,11 @@ def test_combined_score_equals_its_formula_and_is_calibrated_on(fitted):
     np.testing.assert_allclose(scores, _by_hand(det, new), rtol=1e-5, atol=1e-5)
     assert np.array_equal(scores, det.score_samples(new))  # deterministic
     split = split_rows(len(X), det.val_fraction, det.cal_fraction, det.seed)
-    assert np.array_equal(det.calibration_scores_, det.score_samples(X[split.cal]))
+    # the calibration images are references too: their scores leave themselves out (the 2nd nearest)
+    np.testing.assert_allclose(det.calibration_scores_, _by_hand(det, X[split.cal], k=2), rtol=1e-5, atol=1e-5)
+    assert (det.score_samples(X[split.cal]) < det.calibration_scores_).all()
     assert det.threshold_ == conformal_threshold(det.calibration_scores_, det.alpha)
-    assert [c.shape for c in det.latent_codes_] == [(len(split.train), 3)] * 2
+    assert [c.shape for c in det.latent_codes_] == [(len(X), 3)] * 2
 
 
 def test_save_load_round_trips_the_latent_state(fitted, tmp_path):
@@ -128,17 +131,20 @@ def test_conv_density_terms_are_the_distances_between_feature_maps_raw_and_at_un
                            train_config=ImageTrainConfig(max_epochs=2, device="cpu")).fit(X)
     m = det.models_[0]
     split = split_rows(len(X), det.val_fraction, det.cal_fraction, det.seed)
-    train, val, new = _conv(m, X[split.train]), _conv(m, X[split.val]), _images(40, 3)
-    assert det.latent_codes_[0].shape == (len(split.train), 8 * 2 * 2)  # 8x8 images: 8 channels of 2x2
+    train, val, new = _conv(m, X), _conv(m, X[split.val]), _images(40, 3)  # references: all 150 images
+    assert det.latent_codes_[0].shape == (len(X), 8 * 2 * 2)  # 8x8 images: 8 channels of 2x2
     assert det.density_weights() == [1.5, 3.0] and det.score_scale_.shape == (1, 6)
 
     def second_nearest(z: np.ndarray, ref: np.ndarray) -> np.ndarray:
         return np.sort(np.sqrt(((z[:, None, :] - ref[None, :, :]) ** 2).sum(-1)), axis=1)[:, 1]
 
+    def third_nearest(z: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        return np.sort(np.sqrt(((z[:, None, :] - ref[None, :, :]) ** 2).sum(-1)), axis=1)[:, 2]
+
     m_s, s_s = robust_scale(_rec(m, X[split.val]))
     want = (_rec(m, new) - m_s) / s_s
     for w, f in ((1.5, lambda a: a), (3.0, _unit)):
-        m_r, s_r = robust_scale(second_nearest(f(val), f(train)))
+        m_r, s_r = robust_scale(third_nearest(f(val), f(train)))  # each validation image is a reference
         want = want + w * (second_nearest(f(_conv(m, new)), f(train)) - m_r) / s_r
     np.testing.assert_allclose(det.score_samples(new), want, rtol=1e-4, atol=1e-4)
     loaded = ImageVAEDetector.load(det.save(tmp_path / "conv"))
