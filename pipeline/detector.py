@@ -205,9 +205,9 @@ class VAEAnomalyDetector(DensityTerms):
         self.histories_ = histories
         cal_features = features.iloc[positions[split.cal]]
         cal_own = self._fit_latent_density(train_b, val_b, self.preprocessor_.transform(cal_features))
-        self.calibration_scores_ = self._score_own(cal_features, cal_own)
+        self.calibration_scores_, cal_nll = self._calibration_pass(cal_features, cal_own)
         # A typical normal row's per-feature NLL: attribution reports each feature's excess over it.
-        self.feature_nll_baseline_ = np.median(self._explain(cal_features).nll, axis=0)
+        self.feature_nll_baseline_ = np.median(cal_nll, axis=0)
         self.threshold_ = conformal_threshold(self.calibration_scores_, self.alpha)
         self.n_rows_ = {"train": len(split.train), "val": len(split.val), "cal": len(split.cal),
                         "excluded_anomalies": int((~normal).sum())}
@@ -224,7 +224,7 @@ class VAEAnomalyDetector(DensityTerms):
         rows to standardise the terms, the calibration rows to set the threshold.
 
         Returns:
-            (n_cal,) bool: which calibration rows are references (for :meth:`_score_own`).
+            (n_cal,) bool: which calibration rows are references (for :meth:`_calibration_pass`).
         """
         self.latent_codes_: list[np.ndarray] = []
         self.score_scale_: np.ndarray | None = None
@@ -271,12 +271,18 @@ class VAEAnomalyDetector(DensityTerms):
         out = [self._combine(*self._passes(b, explain=False)) for b in self._batches(features)]
         return np.concatenate(out) if out else np.zeros(0)
 
-    def _score_own(self, features: pd.DataFrame, own: np.ndarray) -> np.ndarray:
-        """Scores of rows of which those marked in ``own`` (n,) are density references themselves: their
-        distances leave themselves out (the calibration rows at fit time)."""
-        out = [self._combine(*self._passes(b, explain=False, own=own[start : start + len(b)]))
-               for start, b in zip(range(0, len(features), SCORE_CHUNK), self._batches(features), strict=True)]
-        return np.concatenate(out) if out else np.zeros(0)
+    def _calibration_pass(self, features: pd.DataFrame, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (n,) and per-feature NLL (n, n_features) of the calibration rows in one pass per chunk.
+
+        The rows marked in ``own`` (n,) are density references themselves: their distances leave
+        themselves out, so their scores are what new rows' would be.
+        """
+        scores, nll = [], []
+        for start, b in zip(range(0, len(features), SCORE_CHUNK), self._batches(features), strict=True):
+            passes, searches = self._passes(b, explain=True, own=own[start : start + len(b)])
+            nll.append(np.mean([p.nll.cpu().numpy() for p in passes if p.nll is not None], axis=0))
+            scores.append(self._combine(passes, searches))
+        return np.concatenate(scores), np.concatenate(nll)
 
     def explain_validated(self, features: pd.DataFrame) -> Explanation:
         """Per-feature attribution of validated rows (see :class:`Explanation`)."""
