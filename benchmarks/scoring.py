@@ -140,6 +140,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.workdir is not None:  # a --workdir that does not exist yet is made, not a traceback
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-scoring-", dir=args.workdir))
     try:
         result = run(args, work)
