@@ -58,6 +58,18 @@ def reference_rows(n: int, seed: int, cap: int = MAX_REFERENCE_ROWS) -> np.ndarr
     return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
 
 
+def finite_references(pick: np.ndarray, codes: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Keep the reference rows whose code is finite under every VAE (a row with a value far outside the
+    data can overflow an encoder): ``pick`` (m,) row positions and one (m, d) code array per VAE, filtered
+    alike, so every VAE has the same references. A row left out is scored like a new row."""
+    ok = np.ones(len(pick), dtype=bool)
+    for c in codes:
+        ok &= np.isfinite(c).all(axis=1)
+    if ok.all():
+        return pick, codes
+    return pick[ok], [c[ok] for c in codes]
+
+
 class LatentKNN:
     """k-th nearest-neighbour distance to a fixed set of latent codes.
 

@@ -21,7 +21,14 @@ import pandas as pd
 import torch
 
 from pipeline.calibrate import check_alpha, conformal_threshold, min_calibration_rows
-from pipeline.density import MAX_REFERENCE_ROWS, DensityTerms, reference_rows, robust_scale, search_pool
+from pipeline.density import (
+    MAX_REFERENCE_ROWS,
+    DensityTerms,
+    finite_references,
+    reference_rows,
+    robust_scale,
+    search_pool,
+)
 from pipeline.errors import InputError, ModelError
 from pipeline.metrics import labels_from
 from pipeline.model_files import CAL_FILE, WEIGHTS_FILE, restore_members, write_model_files
@@ -237,9 +244,10 @@ class VAEAnomalyDetector(DensityTerms):
         pick = reference_rows(n_train + n_val + len(cal_b), self.seed, cap)
         pool = TabularBatch(*(torch.cat(parts) for parts in zip(train_b, val_b, cal_b, strict=True)))
         ref = pool.rows(torch.from_numpy(pick))
+        pick, codes = finite_references(pick, [self._density_codes(m, ref) for m in self.models_])
+        self.latent_codes_ = [c.astype(np.float32) for c in codes]
         own = np.zeros(n_train + n_val + len(cal_b), dtype=bool)  # rows among the references
         own[pick] = True
-        self.latent_codes_ = [self._density_codes(m, ref).astype(np.float32) for m in self.models_]
         scale = []
         for i, m in enumerate(self.models_):
             p = score_pass(m, val_b, self.score_method, self.n_draws)

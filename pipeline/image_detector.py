@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pipeline.calibrate import check_alpha, conformal_threshold, min_calibration_rows
-from pipeline.density import MAX_REFERENCE_ROWS, DensityTerms, reference_rows, robust_scale
+from pipeline.density import MAX_REFERENCE_ROWS, DensityTerms, finite_references, reference_rows, robust_scale
 from pipeline.errors import InputError, ModelError
 from pipeline.model_files import CAL_FILE, WEIGHTS_FILE, restore_members, write_model_files
 from pipeline.split import split_rows
@@ -165,9 +165,9 @@ class ImageVAEDetector(DensityTerms):
         n_train, n_val = len(X_train), len(X_val)
         pick = reference_rows(n_train + n_val + len(X_cal), self.seed, cap)
         ref = np.concatenate([X_train, X_val, X_cal])[pick]
+        pick, self.latent_codes_ = finite_references(pick, [self._density_codes(m, ref) for m in self.models_])
         own = np.zeros(n_train + n_val + len(X_cal), dtype=bool)  # images among the references
         own[pick] = True
-        self.latent_codes_ = [self._density_codes(m, ref) for m in self.models_]
         scale = []
         for i, m in enumerate(self.models_):
             row = list(robust_scale(self._member_scores(m, X_val)))

@@ -81,3 +81,15 @@ def test_search_pool_runs_work_in_a_forked_child_too():
     child.join(30)
     # (not its exit code: after a session-wide Prefect test server, a forked child's shutdown can exit 1)
     assert got == 42
+
+
+def test_references_whose_code_overflowed_under_any_vae_are_left_out_of_every_vae():
+    from pipeline.density import finite_references
+
+    pick = np.array([0, 2, 5, 7])
+    a = np.array([[0.0, 1.0], [np.inf, 0.0], [1.0, 1.0], [2.0, 2.0]])
+    b = np.array([[0.0, 1.0], [0.0, 0.0], [1.0, 1.0], [np.nan, 2.0]])
+    kept, (ka, kb) = finite_references(pick, [a, b])
+    assert kept.tolist() == [0, 5] and ka.tolist() == [[0.0, 1.0], [1.0, 1.0]] and kb.tolist() == ka.tolist()
+    same, codes = finite_references(pick[:2], [a[[0, 2]], b[[0, 2]]])  # all finite: kept as they are
+    assert same.tolist() == [0, 2] and np.array_equal(codes[0], a[[0, 2]])
