@@ -58,16 +58,24 @@ def reference_rows(n: int, seed: int, cap: int = MAX_REFERENCE_ROWS) -> np.ndarr
     return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
 
 
-def finite_references(pick: np.ndarray, codes: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Keep the reference rows whose code is finite under every VAE (a row with a value far outside the
-    data can overflow an encoder): ``pick`` (m,) row positions and one (m, d) code array per VAE, filtered
-    alike, so every VAE has the same references. A row left out is scored like a new row."""
+def finite_references(n: int, pick: np.ndarray, codes: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Which of ``n`` rows are references, and their codes: the rows at positions ``pick`` (m,) whose code
+    is finite under every VAE (a row with a value far outside the data can overflow an encoder), with one
+    (m, d) code array per VAE filtered alike, so every VAE has the same references. A row left out is
+    scored like a new row; a row that is a reference is measured leaving itself out (see
+    :meth:`DensityTerms._distances`).
+
+    Returns:
+        (n,) bool, True for the reference rows, and the kept codes of each VAE.
+    """
     ok = np.ones(len(pick), dtype=bool)
     for c in codes:
         ok &= np.isfinite(c).all(axis=1)
-    if ok.all():
-        return pick, codes
-    return pick[ok], [c[ok] for c in codes]
+    if not ok.all():
+        pick, codes = pick[ok], [c[ok] for c in codes]
+    own = np.zeros(n, dtype=bool)
+    own[pick] = True
+    return own, codes
 
 
 class LatentKNN:

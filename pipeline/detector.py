@@ -211,9 +211,9 @@ class VAEAnomalyDetector(DensityTerms):
             self.models_.append(model.to("cpu"))
         self.history_: TrainHistory = histories[0]
         self.histories_ = histories
-        cal_features = features.iloc[positions[split.cal]]
-        cal_own = self._fit_latent_density(train_b, val_b, self.preprocessor_.transform(cal_features))
-        self.calibration_scores_, cal_nll = self._calibration_pass(cal_features, cal_own)
+        cal_b = self.preprocessor_.transform(features.iloc[positions[split.cal]])
+        cal_own = self._fit_latent_density(train_b, val_b, cal_b)
+        self.calibration_scores_, cal_nll = self._calibration_pass(cal_b, cal_own)
         # A typical normal row's per-feature NLL: attribution reports each feature's excess over it.
         self.feature_nll_baseline_ = np.median(cal_nll, axis=0)
         self.threshold_ = conformal_threshold(self.calibration_scores_, self.alpha)
@@ -241,13 +241,11 @@ class VAEAnomalyDetector(DensityTerms):
             return np.zeros(len(cal_b), dtype=bool)
         cap = MAX_HIDDEN_REFERENCE_ROWS if self.density_space == "hidden" else MAX_REFERENCE_ROWS
         n_train, n_val = len(train_b), len(val_b)
-        pick = reference_rows(n_train + n_val + len(cal_b), self.seed, cap)
         pool = TabularBatch(*(torch.cat(parts) for parts in zip(train_b, val_b, cal_b, strict=True)))
+        pick = reference_rows(len(pool), self.seed, cap)
         ref = pool.rows(torch.from_numpy(pick))
-        pick, codes = finite_references(pick, [self._density_codes(m, ref) for m in self.models_])
+        own, codes = finite_references(len(pool), pick, [self._density_codes(m, ref) for m in self.models_])
         self.latent_codes_ = [c.astype(np.float32) for c in codes]
-        own = np.zeros(n_train + n_val + len(cal_b), dtype=bool)  # rows among the references
-        own[pick] = True
         scale = []
         for i, m in enumerate(self.models_):
             p = score_pass(m, val_b, self.score_method, self.n_draws)
@@ -280,16 +278,17 @@ class VAEAnomalyDetector(DensityTerms):
         out = [self._combine(*self._passes(b, explain=False)) for b in self._batches(features)]
         return np.concatenate(out) if out else np.zeros(0)
 
-    def _calibration_pass(self, features: pd.DataFrame, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _calibration_pass(self, batch: TabularBatch, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores (n,) and per-feature NLL (n, n_features) of the calibration rows in one pass per chunk.
 
         The rows marked in ``own`` (n,) are density references themselves: their distances leave
         themselves out, so their scores are what new rows' would be.
         """
         scores, nll = [], []
-        for start, b in zip(range(0, len(features), SCORE_CHUNK), self._batches(features), strict=True):
-            passes, searches = self._passes(b, explain=True, own=own[start : start + len(b)])
-            nll.append(np.mean([p.nll.cpu().numpy() for p in passes if p.nll is not None], axis=0))
+        for start in range(0, len(batch), SCORE_CHUNK):
+            part = slice(start, start + SCORE_CHUNK)
+            passes, searches = self._passes(batch.rows(part), explain=True, own=own[part])
+            nll.append(_member_nll(passes))
             scores.append(self._combine(passes, searches))
         return np.concatenate(scores), np.concatenate(nll)
 
@@ -341,7 +340,7 @@ class VAEAnomalyDetector(DensityTerms):
         return passes, searches
 
     def _explain_batch(self, batch: TabularBatch, passes: list[MemberPass]) -> Explanation:
-        nll = np.mean([p.nll.cpu().numpy() for p in passes if p.nll is not None], axis=0)
+        nll = _member_nll(passes)
         baseline = getattr(self, "feature_nll_baseline_", None)
         excess = np.maximum(nll - (baseline if baseline is not None else 0.0), 0.0)
         # What the model expects for each row's top feature given the *other* features: that cell is
@@ -459,3 +458,8 @@ class VAEAnomalyDetector(DensityTerms):
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
             raise ModelError(f"cannot load model from {d}: {type(e).__name__}: {e}") from e
         return det
+
+
+def _member_nll(passes: list[MemberPass]) -> np.ndarray:
+    """(n, n_features) per-feature NLL at the posterior mean, the mean over the VAEs' passes (made with explain)."""
+    return np.mean([p.nll.cpu().numpy() for p in passes if p.nll is not None], axis=0)

@@ -163,11 +163,11 @@ class ImageVAEDetector(DensityTerms):
         if self.density_space == "conv":
             cap = max(MAX_CONV_CODE_BYTES // (4 * self.config_.feature_dim), 1)
         n_train, n_val = len(X_train), len(X_val)
-        pick = reference_rows(n_train + n_val + len(X_cal), self.seed, cap)
-        ref = np.concatenate([X_train, X_val, X_cal])[pick]
-        pick, self.latent_codes_ = finite_references(pick, [self._density_codes(m, ref) for m in self.models_])
-        own = np.zeros(n_train + n_val + len(X_cal), dtype=bool)  # images among the references
-        own[pick] = True
+        pool = np.concatenate([X_train, X_val, X_cal])
+        pick = reference_rows(len(pool), self.seed, cap)
+        ref = pool[pick]
+        codes = [self._density_codes(m, ref) for m in self.models_]
+        own, self.latent_codes_ = finite_references(len(pool), pick, codes)
         scale = []
         for i, m in enumerate(self.models_):
             row = list(robust_scale(self._member_scores(m, X_val)))

@@ -89,7 +89,8 @@ def test_references_whose_code_overflowed_under_any_vae_are_left_out_of_every_va
     pick = np.array([0, 2, 5, 7])
     a = np.array([[0.0, 1.0], [np.inf, 0.0], [1.0, 1.0], [2.0, 2.0]])
     b = np.array([[0.0, 1.0], [0.0, 0.0], [1.0, 1.0], [np.nan, 2.0]])
-    kept, (ka, kb) = finite_references(pick, [a, b])
-    assert kept.tolist() == [0, 5] and ka.tolist() == [[0.0, 1.0], [1.0, 1.0]] and kb.tolist() == ka.tolist()
-    same, codes = finite_references(pick[:2], [a[[0, 2]], b[[0, 2]]])  # all finite: kept as they are
-    assert same.tolist() == [0, 2] and np.array_equal(codes[0], a[[0, 2]])
+    own, (ka, kb) = finite_references(8, pick, [a, b])
+    assert np.flatnonzero(own).tolist() == [0, 5]
+    assert ka.tolist() == [[0.0, 1.0], [1.0, 1.0]] and kb.tolist() == ka.tolist()
+    same, codes = finite_references(8, pick[:2], [a[[0, 2]], b[[0, 2]]])  # all finite: kept as they are
+    assert np.flatnonzero(same).tolist() == [0, 2] and np.array_equal(codes[0], a[[0, 2]])
