@@ -216,8 +216,8 @@ def summary_markdown(rows: list[dict[str, Any]], methods: Sequence[str], meta: d
 
     out = [
         f"Tabular benchmark, alpha={meta['alpha']}, seeds={meta['seeds']}, {len(datasets)} datasets, "
-        f"{meta['torch_threads']} torch threads on {meta['cpu']} ({meta['cpu_count']} CPUs), "
-        f"{meta['date']}.",
+        f"{meta['torch_threads']} torch threads on {meta['cpu']} ({meta['cpu_count']} CPUs)"
+        f"{', GPU ' + meta['gpu'] if meta.get('gpu') else ''}, {meta['date']}.",
         "Means are over datasets of the per-dataset mean over seeds; n/a = no result.",
         "",
         "### Mean AUROC per method",
@@ -287,6 +287,7 @@ def environment(argv: Sequence[str], threads: int) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpus_available": available_cpus(),
         "cpu": cpu_name(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "processor": platform.processor(),
         "platform": platform.platform(),
         "python": platform.python_version(),

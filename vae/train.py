@@ -10,7 +10,6 @@ import copy
 import logging
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -118,7 +117,6 @@ def _fit(
     train, val = train.to(device), val.to(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     opt = _optimizer(model, cfg, device)
-    use_bf16 = device.type == "cuda"
     bs = cfg.resolved_batch_size(len(train))
     max_epochs, patience = cfg.resolved_epochs(len(train))
     val_eps = fixed_eps(model.config.latent_dim, k=4, device=device)
@@ -136,10 +134,9 @@ def _fit(
         for start in range(0, n, bs):
             idx = order[start : start + bs]
             part = train.rows(idx)
-            # a disabled autocast context still costs about 2% of a CPU step at batch 256: skip it there
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext():
-                loss_rows = negative_elbo(model, part, eps_all[idx].unsqueeze(0), beta=beta,
-                                          free_bits=cfg.free_bits)
+            # fp32 on CUDA too: bf16 autocast made these small MLPs' steps slower on an H100, not faster
+            # (BENCHMARKS.md, Training throughput), and their scores are no better for it
+            loss_rows = negative_elbo(model, part, eps_all[idx].unsqueeze(0), beta=beta, free_bits=cfg.free_bits)
             if cfg.trim_fraction > 0:  # contaminated training data: drop the worst-fitting rows of the batch
                 keep = max(int(len(idx) * (1.0 - cfg.trim_fraction)), 1)
                 loss_rows = torch.topk(loss_rows, keep, largest=False).values

@@ -22,7 +22,9 @@ def _rows(n: int, rng: np.random.Generator) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def detector() -> VAEAnomalyDetector:
     rng = np.random.default_rng(0)
-    return VAEAnomalyDetector(alpha=0.05, n_models=1, train_config=TrainConfig(max_epochs=80)).fit(_rows(2000, rng))
+    # the default ensemble of 3: one VAE alone ranked the injected feature first for 89% to 98% of the rows
+    # depending on its seed and device; the default's 3 gave 98% to 100% on seeds 0-3
+    return VAEAnomalyDetector(alpha=0.05, train_config=TrainConfig(max_epochs=80)).fit(_rows(2000, rng))
 
 
 def test_top_feature_is_the_injected_one_for_at_least_90_percent_of_rows(detector):
