@@ -7,14 +7,17 @@ the ELBO's KL term measures against; a row whose code lands where no training ro
 low-density region even when the decoder reconstructs it well. The k-NN density estimate
 p(c) ~ k / (N V_d r_k(c)^d) (Loftsgaarden & Quesenberry 1965) ranks rows by r_k(c), the distance from
 the row's code to the k-th nearest reference code (Euclidean, exact: a k-d tree up to
-``MAX_TREE_DIM`` dimensions, else brute force). Distances between codes scaled to unit length
-(:func:`term_codes`) compare the pattern of activations and ignore their size.
+``MAX_TREE_DIM`` dimensions, else brute force). Distances between codes scaled to unit length compare
+the pattern of activations and ignore their size; centred first on the mean reference code, they compare
+how a row's activations differ from the typical row's (:class:`DensityTerms`).
 
 The combined score of one VAE is  (-ELBO(x) - m_E) / s_E + sum_j w_j (r_j(x) - m_j) / s_j,  each term
 standardised by its median m and interquartile range s on the validation rows (held out from the
-weights). The conformal threshold is then set on the combined score of the calibration rows (held out
-from the weights and the standardisation). Where validation or calibration rows are also references,
-their own distance leaves themselves out, so it is what a new row's would be.
+weights); the table detector by default replaces the first part by the mean of the standardised -ELBO
+and the standardised masked conditional NLL (:func:`vae.score.conditional_nll`). The conformal
+threshold is then set on the combined score of the calibration rows (held out from the weights and the
+standardisation). Where validation or calibration rows are also references, their own distance leaves
+themselves out, so it is what a new row's would be.
 """
 
 from __future__ import annotations
@@ -140,18 +143,14 @@ def unit_rows(codes: np.ndarray) -> np.ndarray:
     return (c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def term_codes(codes: np.ndarray, with_unit: bool) -> list[np.ndarray]:
-    """The codes of each density term from one VAE's codes: as they are, and (``with_unit``) at unit length,
-    whose distances compare the direction of the activation pattern and ignore its size."""
-    return [codes, unit_rows(codes)] if with_unit else [codes]
-
-
 class DensityTerms:
     """The density terms' bookkeeping, shared by the table and image detectors.
 
-    The detector sets ``density_space`` (``latent``: one term on posterior means; any other space: two
-    terms, the codes as they are and at unit length), ``latent_k``, ``latent_weight``,
-    ``cosine_weight``, and after fitting ``latent_codes_`` (one (m, d) array of reference codes per VAE).
+    The detector sets ``density_space`` (``latent``: one term on posterior means; any other space: the
+    codes as they are, the same at unit length and, with ``centred_weight`` > 0, centred on the mean
+    reference code, then at unit length), ``latent_k``, ``latent_weight``, ``cosine_weight`` (the image
+    detector has no ``centred_weight``: 0), and after fitting ``latent_codes_`` (one (m, d) array of
+    reference codes per VAE). A term of weight 0 is not searched: its distance is 0.
     """
 
     density_space: str
@@ -159,34 +158,61 @@ class DensityTerms:
     latent_weight: float
     cosine_weight: float
     latent_codes_: list[np.ndarray]
-    _knn: list[list[LatentKNN]] | None
+    _knn: list[list[LatentKNN | None]] | None
+
+    def _centred_weight(self) -> float:
+        return float(getattr(self, "centred_weight", 0.0))
 
     def density_weights(self) -> list[float]:
         """The weight of each density term: ``[latent_weight]`` in the latent space; otherwise
-        ``[latent_weight, cosine_weight]`` (the codes as they are, then the same scaled to unit length)."""
-        return [self.latent_weight] if self.density_space == "latent" else [self.latent_weight, self.cosine_weight]
+        ``[latent_weight, cosine_weight]`` (the codes as they are, then at unit length), and
+        ``centred_weight`` after them when it is > 0 (centred codes at unit length)."""
+        if self.density_space == "latent":
+            return [self.latent_weight]
+        w = [self.latent_weight, self.cosine_weight]
+        return [*w, self._centred_weight()] if self._centred_weight() > 0 else w
 
-    def _term_codes(self, codes: np.ndarray) -> list[np.ndarray]:
-        return term_codes(codes, with_unit=self.density_space != "latent")
+    def _term_codes(self, i: int, codes: np.ndarray) -> list[np.ndarray | None]:
+        """VAE i's codes of each density term (None for a term of weight 0)."""
+        out: list[np.ndarray | None] = []
+        for j, w in enumerate(self.density_weights()):
+            if w == 0:
+                out.append(None)
+            elif j == 0:
+                out.append(codes)
+            elif j == 1:
+                out.append(unit_rows(codes))
+            else:
+                out.append(unit_rows(np.asarray(codes, dtype=np.float64) - self._centres()[i]))
+        return out
 
-    def _latent_knns(self) -> list[list[LatentKNN]]:
+    def _centres(self) -> list[np.ndarray]:
+        """Per VAE, the mean of its reference codes (float64): the centre of the ``centred`` term."""
+        if getattr(self, "_centre", None) is None:
+            self._centre = [np.asarray(c, dtype=np.float64).mean(axis=0) for c in self.latent_codes_]
+        return self._centre
+
+    def _latent_knns(self) -> list[list[LatentKNN | None]]:
         """Per VAE, one k-NN index per density term over its reference codes, built on first use (not saved)."""
         if getattr(self, "_knn", None) is None:
-            self._knn = [[LatentKNN(t, self.latent_k) for t in self._term_codes(c)] for c in self.latent_codes_]
+            self._knn = [[None if t is None else LatentKNN(t, self.latent_k) for t in self._term_codes(i, c)]
+                         for i, c in enumerate(self.latent_codes_)]
         return self._knn
 
     def _distances(self, i: int, codes: np.ndarray, own: np.ndarray | None = None) -> list[np.ndarray]:
         """VAE i's k-NN distance of each density term, (n,) each, for its codes (n, d) of n rows. Rows marked
         in ``own`` (n,) are references themselves: measured to the (k+1)-th nearest, leaving themselves out."""
         out = []
-        for knn, c in zip(self._latent_knns()[i], self._term_codes(codes), strict=True):
-            if own is None or not own.any():
+        for knn, c in zip(self._latent_knns()[i], self._term_codes(i, codes), strict=True):
+            if knn is None or c is None:
+                out.append(np.zeros(len(codes)))
+            elif own is None or not own.any():
                 out.append(knn.distance(c))
-                continue
-            d = np.empty(len(c))
-            d[~own] = knn.distance(c[~own])
-            d[own] = knn.distance(c[own], rank=self.latent_k + 1)
-            out.append(d)
+            else:
+                d = np.empty(len(c))
+                d[~own] = knn.distance(c[~own])
+                d[own] = knn.distance(c[own], rank=self.latent_k + 1)
+                out.append(d)
         return out
 
 

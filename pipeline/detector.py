@@ -40,6 +40,7 @@ from vae.model import MISSING, TabularBatch, TabularVAE
 from vae.score import (
     SCORE_METHODS,
     MemberPass,
+    conditional_nll,
     decoded_means,
     encoder_features,
     posterior_means,
@@ -99,16 +100,24 @@ class VAEAnomalyDetector(DensityTerms):
         latent_k: with k >= 1, each VAE's score adds the density terms of :mod:`pipeline.density`:
             the distance from the row's code to the k-th nearest code of the training, validation and
             calibration rows, each term standardised on the validation rows; 0 = the plain score. 1 by default.
-        latent_weight: weight of the distance between the codes as they are.
-        cosine_weight: (``hidden`` space) weight of the second density term, the same codes scaled to
-            unit length (it compares the pattern of activations, not their size).
+        latent_weight: weight of the distance between the codes as they are (0 by default: not searched).
+        cosine_weight: (``hidden`` space) weight of the distance between the codes scaled to unit length
+            (it compares the pattern of activations, not their size).
+        centred_weight: (``hidden`` space) weight of the distance between the codes centred on the mean
+            reference code, then scaled to unit length (how a row's pattern departs from the typical row's).
+        conditional_groups: G >= 1 (with ``latent_k`` >= 1) makes the likelihood part of each VAE's score
+            the mean of its standardised -ELBO and its standardised masked conditional NLL over G feature
+            groups (:func:`vae.score.conditional_nll`: each group's cells scored with the group hidden from
+            the encoder); 0 = the -ELBO alone.
         density_space: what the codes are: ``hidden`` (default), the encoder's last hidden layer, or
-            ``latent``, the posterior mean mu(x). Defaults ``hidden``, k = 1, weights 1 and 1: in
-            ``benchmarks.tabular`` (11 datasets x 3 seeds) the mean AUROC rose from 0.9551 (``latent``,
-            w = 1, training rows as references) to 0.9606 (training and validation rows as references) and
-            0.9610 (all the normal rows, the default; BENCHMARKS.md). Models saved before
-            ``density_space`` existed load as ``latent`` with ``cosine_weight`` 0, the score they were
-            calibrated with.
+            ``latent``, the posterior mean mu(x). Defaults ``hidden``, k = 1, weights 0 / 1 / 1 and
+            G = 8: in ``benchmarks.tabular`` (11 datasets x 3 seeds) the mean AUROC rose from 0.9551
+            (``latent``, w = 1, training rows as references) to 0.9606 (raw + unit-length terms, training
+            and validation rows as references) and 0.9610 (all the normal rows as references), and with
+            the conditional term and the unit-length + centred terms to the figure in BENCHMARKS.md
+            (Tabular detection quality). Models saved before ``density_space`` existed load as
+            ``latent`` with ``cosine_weight`` 0, those saved before ``centred_weight`` and
+            ``conditional_groups`` existed with both 0: the scores they were calibrated with.
         min_log_var: floor of the numeric features' learned log-variance (standardised units).
         likelihood: numeric likelihood of the decoder: ``gaussian``, ``student_t`` or ``laplace``.
         scaling: numeric preprocessing, ``standard`` or ``quantile`` (see :class:`Preprocessor`).
@@ -131,8 +140,10 @@ class VAEAnomalyDetector(DensityTerms):
         n_draws: int = 16,
         n_models: int = 3,
         latent_k: int = 1,
-        latent_weight: float = 1.0,
+        latent_weight: float = 0.0,
         cosine_weight: float = 1.0,
+        centred_weight: float = 1.0,
+        conditional_groups: int = 8,
         density_space: str = "hidden",
         min_log_var: float = -6.0,
         scaling: str = "standard",
@@ -154,6 +165,8 @@ class VAEAnomalyDetector(DensityTerms):
         self.latent_k = latent_k
         self.latent_weight = latent_weight
         self.cosine_weight = cosine_weight
+        self.centred_weight = centred_weight
+        self.conditional_groups = conditional_groups
         self.density_space = density_space
         self.min_log_var = min_log_var
         self.scaling = scaling
@@ -173,6 +186,10 @@ class VAEAnomalyDetector(DensityTerms):
         if self.latent_k < 0 or not self.latent_weight >= 0 or not self.cosine_weight >= 0:
             raise InputError(f"latent_k, latent_weight and cosine_weight must be >= 0, got {self.latent_k!r}, "
                              f"{self.latent_weight!r} and {self.cosine_weight!r}")
+        if not self.centred_weight >= 0 or not (isinstance(self.conditional_groups, int)
+                                                 and self.conditional_groups >= 0):
+            raise InputError(f"centred_weight must be >= 0 and conditional_groups an integer >= 0, got "
+                             f"{self.centred_weight!r} and {self.conditional_groups!r}")
         if self.density_space not in DENSITY_SPACES:
             raise InputError(f"density_space must be one of {DENSITY_SPACES}, got {self.density_space!r}")
         if self.scaling not in ("standard", "quantile"):
@@ -236,7 +253,7 @@ class VAEAnomalyDetector(DensityTerms):
         """
         self.latent_codes_: list[np.ndarray] = []
         self.score_scale_: np.ndarray | None = None
-        self._knn = None
+        self._knn = self._centre = None
         if not self.latent_k:
             return np.zeros(len(cal_b), dtype=bool)
         cap = MAX_HIDDEN_REFERENCE_ROWS if self.density_space == "hidden" else MAX_REFERENCE_ROWS
@@ -252,6 +269,8 @@ class VAEAnomalyDetector(DensityTerms):
             row = list(robust_scale(p.score.double().cpu().numpy()))
             for dist in self._distances(i, self._pass_codes(p), own[n_train : n_train + n_val]):
                 row += robust_scale(dist)
+            if self.conditional_groups:
+                row += robust_scale(conditional_nll(m, val_b, self.conditional_groups).cpu().numpy())
             scale.append(row)
         self.score_scale_ = np.asarray(scale, dtype=np.float64)
         return own[n_train + n_val :]
@@ -334,9 +353,12 @@ class VAEAnomalyDetector(DensityTerms):
         """
         passes, searches = [], []
         for i, m in enumerate(self.models_):
-            passes.append(score_pass(m, batch, self.score_method, self.n_draws, explain=explain))
+            p = score_pass(m, batch, self.score_method, self.n_draws, explain=explain)
             if self.latent_k and search:
-                searches.append(search_pool().submit(self._distances, i, self._pass_codes(passes[-1]), own))
+                searches.append(search_pool().submit(self._distances, i, self._pass_codes(p), own))
+                if self.conditional_groups:  # while the search runs
+                    p = p._replace(cond=conditional_nll(m, batch, self.conditional_groups))
+            passes.append(p)
         return passes, searches
 
     def _explain_batch(self, batch: TabularBatch, passes: list[MemberPass]) -> Explanation:
@@ -364,11 +386,17 @@ class VAEAnomalyDetector(DensityTerms):
         if not self.latent_k:
             return np.mean(member, axis=0)
         combined = []
+        weights = self.density_weights()
         for i, search in enumerate(searches):
             scale = self.score_scale_[i]
             total = (member[i] - scale[0]) / scale[1]
-            for j, (w, r) in enumerate(zip(self.density_weights(), search.result(), strict=True)):
-                total = total + w * (r - scale[2 + 2 * j]) / scale[3 + 2 * j]
+            cond = passes[i].cond
+            if self.conditional_groups and cond is not None:  # its scale follows the density terms'
+                c = 2 + 2 * len(weights)
+                total = 0.5 * (total + (cond.cpu().numpy() - scale[c]) / scale[c + 1])
+            for j, (w, r) in enumerate(zip(weights, search.result(), strict=True)):
+                if w:
+                    total = total + w * (r - scale[2 + 2 * j]) / scale[3 + 2 * j]
             combined.append(total)
         return np.mean(combined, axis=0)
 
@@ -398,7 +426,8 @@ class VAEAnomalyDetector(DensityTerms):
             "cal_fraction": self.cal_fraction, "hidden": self.hidden, "latent_dim": self.latent_dim,
             "score_method": self.score_method, "n_draws": self.n_draws, "n_models": self.n_models,
             "latent_k": self.latent_k, "latent_weight": self.latent_weight,
-            "cosine_weight": self.cosine_weight, "density_space": self.density_space,
+            "cosine_weight": self.cosine_weight, "centred_weight": self.centred_weight,
+            "conditional_groups": self.conditional_groups, "density_space": self.density_space,
             "min_log_var": self.min_log_var, "scaling": self.scaling,
             "likelihood": self.likelihood, "seed": self.seed,
         }
@@ -440,7 +469,9 @@ class VAEAnomalyDetector(DensityTerms):
             if meta.get("format_version") != FORMAT_VERSION:
                 raise ModelError(f"model format {meta.get('format_version')!r} is not {FORMAT_VERSION}")
             # models saved before the latent term scored without it; before density_space, in the latent space
-            p = {"latent_k": 0, "density_space": "latent", "cosine_weight": 0.0, **meta["params"]}
+            # ... and before the centred and conditional terms, without them
+            p = {"latent_k": 0, "density_space": "latent", "cosine_weight": 0.0, "centred_weight": 0.0,
+                 "conditional_groups": 0, **meta["params"]}
             tc = TrainConfig(**meta["train_config"]) if meta.get("train_config") else None
             det = cls(**{k: v for k, v in p.items() if k not in ("hidden",)},
                       hidden=tuple(p["hidden"]) if p.get("hidden") else None, train_config=tc)

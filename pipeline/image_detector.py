@@ -156,7 +156,7 @@ class ImageVAEDetector(DensityTerms):
         """
         self.latent_codes_: list[np.ndarray] = []
         self.score_scale_: np.ndarray | None = None
-        self._knn = None
+        self._knn = self._centre = None
         if not self.latent_k:
             return np.zeros(len(X_cal), dtype=bool)
         cap = MAX_REFERENCE_ROWS

@@ -48,7 +48,7 @@ def restore_members(det: Any, d: Path, meta: dict[str, Any], make_model: Callabl
     det.latent_codes_ = [state[f"latent{i}"].numpy() for i in range(det.n_models)] if det.latent_k else []
     scale = meta.get("score_scale")
     det.score_scale_ = None if scale is None else np.asarray(scale, dtype=np.float64)
-    det._knn = None
+    det._knn = det._centre = None
     det.threshold_ = float(meta["threshold"])
     det.calibration_scores_ = np.load(d / CAL_FILE, allow_pickle=False)
     det.n_rows_ = meta["n_rows"]

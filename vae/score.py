@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from vae.elbo import decoded_feature_nll, feature_nll, iwae_log_likelihood, negative_elbo
-from vae.model import TabularBatch, TabularVAE
+from vae.model import MISSING, TabularBatch, TabularVAE
 
 SCORE_METHODS = ("elbo", "iwae", "recon")
 EPS_SEED = 20140101  # seed of the fixed draws; part of the score's definition
@@ -37,6 +37,8 @@ class MemberPass(NamedTuple):
     """(n, n_numeric + n_categorical) per-feature -log p(x_j | z = mu(x)), when asked for."""
     features: torch.Tensor
     """(n, hidden[-1]) the encoder's last hidden layer (see :meth:`TabularVAE.encoder_features`)."""
+    cond: torch.Tensor | None = None
+    """(n,) the masked conditional NLL (:func:`conditional_nll`), when the caller adds it."""
 
 
 @torch.no_grad()
@@ -65,6 +67,34 @@ def score_pass(
         assert nll is not None
         score = nll.sum(dim=1)
     return MemberPass(score, mu, nll if explain else None, features)
+
+
+@torch.no_grad()
+def conditional_nll(model: TabularVAE, batch: TabularBatch, groups: int) -> torch.Tensor:
+    """(n,) sum over feature groups g of -log p(x_g | z = mu(x without g)), a masked pseudo-likelihood.
+
+    Feature j (the columns of :func:`vae.elbo.feature_nll`: numeric, then categorical) is in group
+    ``j % G``, ``G = min(groups, n_features)``. For each group its cells are hidden from the encoder (as
+    missing cells are: the masked ELBO's inputs) and its features' NLL is taken at the posterior mean of
+    the rest. A value that breaks the row's dependence structure cannot pull the code towards itself, as
+    it does in the -ELBO, where the encoder sees it; cells missing in ``batch`` add 0.
+    """
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups!r}")
+    model.eval()
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    n_num, n_feat = model.config.n_numeric, model.config.n_numeric + len(model.config.cat_cardinalities)
+    g = min(groups, n_feat)
+    group = torch.arange(n_feat, device=device) % g
+    total = torch.zeros(len(batch), dtype=torch.float64, device=device)
+    for k in range(g):
+        hide = group == k
+        mask = batch.mask_num * (~hide[:n_num]).to(batch.mask_num.dtype)
+        codes = torch.where(hide[n_num:].unsqueeze(0), torch.full_like(batch.x_cat, MISSING), batch.x_cat)
+        mu, _ = model.encode(TabularBatch(batch.x_num, mask, codes))
+        total += (feature_nll(model, batch, mu) * hide.to(torch.float32)).sum(dim=1).double()
+    return total
 
 
 def score_rows(model: TabularVAE, batch: TabularBatch, method: str = "elbo", k: int = 16) -> torch.Tensor:
