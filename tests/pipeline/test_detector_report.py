@@ -134,7 +134,8 @@ def test_latent_term_combines_standardised_elbo_and_knn_distance_and_survives_sa
 
     df, _ = make_table(400, seed=5)
     det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=2, latent_k=3, latent_weight=0.5,
-                             density_space="latent", train_config=TrainConfig(max_epochs=5)).fit(df)
+                             density_space="latent", conditional_groups=0,
+                             train_config=TrainConfig(max_epochs=5)).fit(df)
     assert det.score_scale_.shape == (2, 4) and len(det.latent_codes_) == 2
     n_ref = det.n_rows_["train"] + det.n_rows_["val"] + det.n_rows_["cal"]  # all the normal rows
     assert det.latent_codes_[0].shape == (n_ref, det.model_config_.latent_dim)
@@ -158,18 +159,44 @@ def _nn_distance(codes: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
     return np.sort(d, axis=1)[:, k - 1]
 
 
+def _conditional_nll(m, batch, groups: int) -> np.ndarray:
+    """The masked conditional NLL written out feature group by feature group, independent of vae.score."""
+    import torch
+
+    from vae.elbo import feature_nll
+    from vae.model import MISSING, TabularBatch
+
+    n_num = batch.x_num.shape[1]
+    n_feat = n_num + batch.x_cat.shape[1]
+    total = np.zeros(len(batch))
+    with torch.no_grad():
+        for g in range(min(groups, n_feat)):
+            hidden = [j for j in range(n_feat) if j % groups == g]
+            mask, codes = batch.mask_num.clone(), batch.x_cat.clone()
+            for j in hidden:
+                if j < n_num:
+                    mask[:, j] = 0.0
+                else:
+                    codes[:, j - n_num] = MISSING
+            mu, _ = m.encode(TabularBatch(batch.x_num, mask, codes))
+            total += feature_nll(m, batch, mu).double().numpy()[:, hidden].sum(axis=1)
+    return total
+
+
 def test_hidden_density_terms_follow_their_formula_and_survive_save_load(tmp_path):
-    """Default density space: the encoder's last hidden layer, raw and at unit length, each term
-    standardised on the validation rows; checked against distances computed by brute force."""
+    """Density space: the encoder's last hidden layer; the codes as they are, at unit length and centred at unit
+    length, each term standardised on the validation rows, and the likelihood part the mean of the standardised
+    -ELBO and masked conditional NLL; checked against distances computed by brute force."""
     from vae.config import TrainConfig
     from vae.score import encoder_features, score_rows
 
     df, _ = make_table(400, seed=7)
     det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=2, latent_k=2, latent_weight=0.7,
-                             cosine_weight=1.3, train_config=TrainConfig(max_epochs=5)).fit(df)
+                             cosine_weight=1.3, centred_weight=0.9, conditional_groups=3,
+                             train_config=TrainConfig(max_epochs=5)).fit(df)
     width = det.model_config_.hidden[-1]
-    assert det.density_space == "hidden" and det.density_weights() == [0.7, 1.3]
-    assert det.score_scale_.shape == (2, 6)
+    assert det.density_space == "hidden" and det.density_weights() == [0.7, 1.3, 0.9]
+    assert det.score_scale_.shape == (2, 10)  # -ELBO, 3 density terms, conditional NLL: (median, IQR) each
     assert [c.shape for c in det.latent_codes_] == [(len(df), width)] * 2  # every row is a reference
     # the validation rows are references too: their distances leave themselves out (the (k+1)-th)
     from pipeline.density import robust_scale
@@ -179,16 +206,23 @@ def test_hidden_density_terms_follow_their_formula_and_survive_save_load(tmp_pat
     val = det.batch(df.iloc[split.val])
     for m, ref, scale in zip(det.models_, det.latent_codes_, det.score_scale_, strict=True):
         assert np.allclose(robust_scale(_nn_distance(encoder_features(m, val), ref, 3)), scale[2:4], rtol=1e-5)
+        assert np.allclose(robust_scale(_conditional_nll(m, val, 3)), scale[8:10], rtol=1e-5)
     unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
 
     def formula(rows, k):
         batch, expected = det.batch(rows), []
         for m, ref, scale in zip(det.models_, det.latent_codes_, det.score_scale_, strict=True):
             h = encoder_features(m, batch)
+            ref64 = ref.astype(np.float64)
             raw = _nn_distance(h, ref, k)
-            cos = _nn_distance(unit(h).astype(np.float32).astype(np.float64), unit(ref.astype(np.float64)), k)
-            expected.append((score_rows(m, batch).double().numpy() - scale[0]) / scale[1]
-                            + 0.7 * (raw - scale[2]) / scale[3] + 1.3 * (cos - scale[4]) / scale[5])
+            cos = _nn_distance(unit(h).astype(np.float32).astype(np.float64), unit(ref64), k)
+            centre = ref64.mean(axis=0)
+            cen = _nn_distance(unit(h - centre).astype(np.float32).astype(np.float64),
+                               unit(ref64 - centre).astype(np.float32).astype(np.float64), k)
+            e = (score_rows(m, batch).double().numpy() - scale[0]) / scale[1]
+            c = (_conditional_nll(m, batch, 3) - scale[8]) / scale[9]
+            expected.append(0.5 * (e + c) + 0.7 * (raw - scale[2]) / scale[3] + 1.3 * (cos - scale[4]) / scale[5]
+                            + 0.9 * (cen - scale[6]) / scale[7])
         return np.mean(expected, axis=0)
 
     assert np.allclose(det.score_samples(df.head(25)), formula(df.head(25), 2), atol=1e-5)
@@ -199,8 +233,38 @@ def test_hidden_density_terms_follow_their_formula_and_survive_save_load(tmp_pat
     assert (det.score_samples(cal) < det.calibration_scores_).all()
     det.save(tmp_path / "hid")
     loaded = VAEAnomalyDetector.load(tmp_path / "hid")
-    assert (loaded.density_space, loaded.latent_weight, loaded.cosine_weight) == ("hidden", 0.7, 1.3)
+    assert (loaded.density_space, loaded.latent_weight, loaded.cosine_weight, loaded.centred_weight,
+            loaded.conditional_groups) == ("hidden", 0.7, 1.3, 0.9, 3)
     assert np.array_equal(loaded.score_samples(df), det.score_samples(df))
+
+
+def test_a_term_of_weight_zero_is_not_searched_and_changes_nothing():
+    from vae.config import TrainConfig
+
+    df, _ = make_table(300, seed=4)
+    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=1, latent_weight=0.0, cosine_weight=1.0,
+                             centred_weight=1.0, train_config=TrainConfig(max_epochs=3)).fit(df)
+    det.score_samples(df.head(5))
+    assert det._latent_knns()[0][0] is None and det._latent_knns()[0][1] is not None
+
+
+def test_a_model_saved_before_the_centred_and_conditional_terms_loads_with_its_score(tmp_path):
+    import json
+
+    from vae.config import TrainConfig
+
+    df, _ = make_table(300, seed=3)
+    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=1, latent_weight=1.0, centred_weight=0.0,
+                             conditional_groups=0, train_config=TrainConfig(max_epochs=3)).fit(df)
+    assert det.score_scale_.shape == (1, 6)
+    d = det.save(tmp_path / "old")
+    meta = json.loads((d / "detector.json").read_text())
+    for key in ("centred_weight", "conditional_groups"):
+        del meta["params"][key]
+    (d / "detector.json").write_text(json.dumps(meta))
+    old = VAEAnomalyDetector.load(d)
+    assert (old.centred_weight, old.conditional_groups, old.latent_weight) == (0.0, 0, 1.0)
+    assert np.array_equal(old.score_samples(df), det.score_samples(df))
 
 
 def test_a_model_saved_before_density_space_loads_with_its_latent_score(tmp_path):
@@ -225,8 +289,10 @@ def test_bad_density_settings_are_refused():
     df, _ = make_table(300, seed=9)
     with pytest.raises(InputError, match=r"density_space must be one of \('hidden', 'latent'\), got 'input'"):
         VAEAnomalyDetector(alpha=0.1, id_columns=["id"], density_space="input").fit(df)
-    with pytest.raises(InputError, match=r"latent_k, latent_weight and cosine_weight must be >= 0, got 1, 1\.0 and -1"):
+    with pytest.raises(InputError, match=r"latent_k, latent_weight and cosine_weight must be >= 0, got 1, 0\.0 and -1"):
         VAEAnomalyDetector(alpha=0.1, id_columns=["id"], cosine_weight=-1).fit(df)
+    with pytest.raises(InputError, match=r"conditional_groups an integer >= 0, got 1\.0 and 2\.5"):
+        VAEAnomalyDetector(alpha=0.1, id_columns=["id"], conditional_groups=2.5).fit(df)
 
 
 def test_a_model_saved_before_the_latent_term_loads_with_the_plain_score(tmp_path):

@@ -162,3 +162,32 @@ def test_one_score_pass_gives_exactly_what_the_separate_calls_give(method):
     assert score_pass(m, data, method, k=8).nll is None
     with pytest.raises(ValueError, match="score method must be one of"):
         score_pass(m, data, "mse")
+
+
+def test_conditional_nll_hides_each_group_from_the_encoder():
+    from vae.elbo import feature_nll
+    from vae.model import MISSING
+    from vae.score import conditional_nll
+
+    m, _ = _fit(epochs=3)
+    data = _data(20, 5)  # 3 numeric features and 1 categorical: 4 features
+    with torch.no_grad():
+        want = torch.zeros(20, dtype=torch.float64)
+        for j in range(4):  # 8 groups on 4 features: each feature alone
+            mask, codes = data.mask_num.clone(), data.x_cat.clone()
+            if j < 3:
+                mask[:, j] = 0.0
+            else:
+                codes[:, 0] = MISSING
+            mu, _ = m.encode(TabularBatch(data.x_num, mask, codes))
+            want += feature_nll(m, data, mu)[:, j].double()
+    assert torch.allclose(conditional_nll(m, data, 8), want)
+    # one group = every feature hidden at once: each scored at the code of an empty row
+    with torch.no_grad():
+        empty = TabularBatch(data.x_num, torch.zeros_like(data.mask_num), torch.full_like(data.x_cat, MISSING))
+        assert torch.allclose(conditional_nll(m, data, 1), feature_nll(m, data, m.encode(empty)[0]).sum(1).double())
+    # a missing cell adds nothing
+    gap = TabularBatch(data.x_num, torch.cat([torch.zeros(20, 1), data.mask_num[:, 1:]], 1), data.x_cat)
+    assert (conditional_nll(m, gap, 8) < conditional_nll(m, data, 8)).all()
+    with pytest.raises(ValueError, match="groups must be >= 1, got 0"):
+        conditional_nll(m, data, 0)
