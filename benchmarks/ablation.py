@@ -34,11 +34,17 @@ _KW: dict[str, Any] = {"kl_warmup_epochs": 20, "min_epochs": 20}
 # the latent density term (distance between posterior means), the default before the hidden-layer terms
 _LAT: dict[str, Any] = {"density_space": "latent", "cosine_weight": 0.0}
 
+# the score before the conditional and centred terms (the -ELBO, raw and unit-length hidden distances)
+_PREV: dict[str, Any] = {"conditional_groups": 0, "latent_weight": 1.0, "centred_weight": 0.0}
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},  # the current defaults
-    "latent": {**_LAT},  # the default before the hidden-layer terms
-    "hid-raw2": {"cosine_weight": 0.0, "latent_weight": 2.0},  # hidden layer, raw distance only
-    "hid-unit2": {"latent_weight": 0.0, "cosine_weight": 2.0},  # hidden layer, unit-length distance only
+    "latent": {**_LAT, **_PREV},  # the default before the hidden-layer terms
+    "prev": {**_PREV},  # the default before the conditional and centred terms: -ELBO, raw + unit distances
+    "no-cond": {"conditional_groups": 0},  # the current default without the conditional term
+    "no-centred": {"centred_weight": 0.0, "latent_weight": 1.0},  # ... with the raw distance for the centred
+    "hid-raw2": {**_PREV, "cosine_weight": 0.0, "latent_weight": 2.0},  # hidden layer, raw distance only
+    "hid-unit2": {**_PREV, "latent_weight": 0.0, "cosine_weight": 2.0},  # hidden layer, unit-length only
     "beta1": {"train": {"beta": 1.0}},  # the default before beta = 0.2
     "b01": {"train": {"beta": 0.1}},
     "fb05": {"train": {"beta": 1.0, "free_bits": 0.5}},  # free bits instead of beta < 1
