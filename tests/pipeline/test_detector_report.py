@@ -248,39 +248,37 @@ def test_a_term_of_weight_zero_is_not_searched_and_changes_nothing():
     assert det._latent_knns()[0][0] is None and det._latent_knns()[0][1] is not None
 
 
-def test_a_model_saved_before_the_centred_and_conditional_terms_loads_with_its_score(tmp_path):
+def _saved_without(det: VAEAnomalyDetector, tmp_path, keys: tuple[str, ...]) -> VAEAnomalyDetector:
+    """``det`` saved, then loaded as a model saved before ``keys`` were parameters (they are left out)."""
     import json
 
+    d = det.save(tmp_path / "old")
+    meta = json.loads((d / "detector.json").read_text())
+    for key in keys:
+        del meta["params"][key]
+    (d / "detector.json").write_text(json.dumps(meta))
+    return VAEAnomalyDetector.load(d)
+
+
+def test_a_model_saved_before_the_centred_and_conditional_terms_loads_with_its_score(tmp_path):
     from vae.config import TrainConfig
 
     df, _ = make_table(300, seed=3)
     det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=1, latent_weight=1.0, centred_weight=0.0,
                              conditional_groups=0, train_config=TrainConfig(max_epochs=3)).fit(df)
     assert det.score_scale_.shape == (1, 6)
-    d = det.save(tmp_path / "old")
-    meta = json.loads((d / "detector.json").read_text())
-    for key in ("centred_weight", "conditional_groups"):
-        del meta["params"][key]
-    (d / "detector.json").write_text(json.dumps(meta))
-    old = VAEAnomalyDetector.load(d)
+    old = _saved_without(det, tmp_path, ("centred_weight", "conditional_groups"))
     assert (old.centred_weight, old.conditional_groups, old.latent_weight) == (0.0, 0, 1.0)
     assert np.array_equal(old.score_samples(df), det.score_samples(df))
 
 
 def test_a_model_saved_before_density_space_loads_with_its_latent_score(tmp_path):
-    import json
-
     from vae.config import TrainConfig
 
     df, _ = make_table(300, seed=8)
     det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=1, density_space="latent", cosine_weight=0.0,
                              train_config=TrainConfig(max_epochs=3)).fit(df)
-    d = det.save(tmp_path / "old")
-    meta = json.loads((d / "detector.json").read_text())
-    for key in ("cosine_weight", "density_space"):
-        del meta["params"][key]
-    (d / "detector.json").write_text(json.dumps(meta))
-    old = VAEAnomalyDetector.load(d)
+    old = _saved_without(det, tmp_path, ("cosine_weight", "density_space"))
     assert (old.density_space, old.cosine_weight) == ("latent", 0.0)
     assert np.array_equal(old.score_samples(df), det.score_samples(df))
 
