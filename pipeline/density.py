@@ -148,8 +148,8 @@ class DensityTerms:
 
     The detector sets ``density_space`` (``latent``: one term on posterior means; any other space: the
     codes as they are, the same at unit length and, with ``centred_weight`` > 0, centred on the mean
-    reference code, then at unit length), ``latent_k``, ``latent_weight``, ``cosine_weight`` (the image
-    detector has no ``centred_weight``: 0), and after fitting ``latent_codes_`` (one (m, d) array of
+    reference code, then at unit length), ``latent_k``, ``latent_weight``, ``cosine_weight`` (and the
+    table detector ``centred_weight``; 0 by default here), and after fitting ``latent_codes_`` (one (m, d) array of
     reference codes per VAE). A term of weight 0 is not searched: its distance is 0.
     """
 
@@ -158,10 +158,9 @@ class DensityTerms:
     latent_weight: float
     cosine_weight: float
     latent_codes_: list[np.ndarray]
+    centred_weight: float = 0.0  # the table detector sets it; the image detector has no centred term
     _knn: list[list[LatentKNN | None]] | None
-
-    def _centred_weight(self) -> float:
-        return float(getattr(self, "centred_weight", 0.0))
+    _centre: list[np.ndarray] | None = None
 
     def density_weights(self) -> list[float]:
         """The weight of each density term: ``[latent_weight]`` in the latent space; otherwise
@@ -170,7 +169,7 @@ class DensityTerms:
         if self.density_space == "latent":
             return [self.latent_weight]
         w = [self.latent_weight, self.cosine_weight]
-        return [*w, self._centred_weight()] if self._centred_weight() > 0 else w
+        return [*w, self.centred_weight] if self.centred_weight > 0 else w
 
     def _term_codes(self, i: int, codes: np.ndarray) -> list[np.ndarray | None]:
         """VAE i's codes of each density term (None for a term of weight 0)."""
@@ -188,7 +187,7 @@ class DensityTerms:
 
     def _centres(self) -> list[np.ndarray]:
         """Per VAE, the mean of its reference codes (float64): the centre of the ``centred`` term."""
-        if getattr(self, "_centre", None) is None:
+        if self._centre is None:
             self._centre = [np.asarray(c, dtype=np.float64).mean(axis=0) for c in self.latent_codes_]
         return self._centre
 
