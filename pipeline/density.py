@@ -216,9 +216,21 @@ class DensityTerms:
 
 
 def robust_scale(values: np.ndarray) -> tuple[float, float]:
-    """(median, interquartile range) of values: (n,); the range is floored at 1e-12 (and is 1 for n = 0)."""
+    """(median, spread) of values: (n,); the spread is the interquartile range.
+
+    Where more than half the values are equal (a validation set with many duplicate rows gives most of
+    them the distance 0 to a twin), the interquartile range is 0 and would blow the term up to dominate
+    the sum; the spread is then the mean absolute deviation from the median times 1.69 (the ratio of the
+    two for a normal distribution), and 1 where all the values are equal (or n = 0).
+    """
     v = np.asarray(values, dtype=np.float64)
     if len(v) == 0:
         return 0.0, 1.0
     q25, q50, q75 = np.percentile(v, [25, 50, 75])
-    return float(q50), float(max(q75 - q25, 1e-12))
+    tiny = 1e-9 * max(1.0, abs(float(q50)))
+    spread = float(q75 - q25)
+    if not spread > tiny:
+        spread = float(1.69 * np.mean(np.abs(v - q50)))
+    if not spread > tiny:
+        spread = 1.0
+    return float(q50), spread

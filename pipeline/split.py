@@ -39,3 +39,23 @@ def split_rows(n: int, val_fraction: float, cal_fraction: float, seed: int) -> S
     order = np.random.default_rng(seed).permutation(n)
     return Split(train=np.sort(order[n_val + n_cal :]), val=np.sort(order[:n_val]),
                  cal=np.sort(order[n_val : n_val + n_cal]))
+
+
+def member_folds(split: Split, n_members: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, val) row positions of each member of an ensemble: a cross-fitted ensemble.
+
+    Member 0 early-stops on ``split.val`` and trains on ``split.train``. Member i > 0 early-stops on
+    the i-th block of ``len(split.val)`` rows of a seeded shuffle of ``split.train`` (the blocks are
+    disjoint; members cycle through them when there are fewer blocks than members) and trains on
+    every other non-calibration row. Every member trains on ``len(split.train)`` rows and none sees
+    a calibration row; together they see all the non-calibration rows, and each member's validation
+    rows are ones it was not trained on.
+    """
+    if n_members < 1:
+        raise InputError(f"n_members must be >= 1, got {n_members!r}")
+    n_val = len(split.val)
+    order = np.random.default_rng([seed, 1]).permutation(split.train)
+    blocks = [split.val] + [np.sort(order[j * n_val : (j + 1) * n_val]) for j in range(len(order) // n_val)]
+    rest = np.sort(np.concatenate([split.train, split.val]))
+    return [(np.setdiff1d(rest, blocks[i % len(blocks)], assume_unique=True), blocks[i % len(blocks)])
+            for i in range(n_members)]

@@ -34,8 +34,17 @@ def test_knn_rejects_bad_arguments():
 
 def test_robust_scale_is_the_median_and_interquartile_range():
     assert robust_scale(np.array([1.0, 2.0, 3.0, 4.0, 5.0])) == (3.0, 2.0)
-    assert robust_scale(np.full(4, 7.0)) == (7.0, 1e-12)
+    assert robust_scale(np.full(4, 7.0)) == (7.0, 1.0)  # nothing to scale by
     assert robust_scale(np.zeros(0)) == (0.0, 1.0)
+
+
+def test_robust_scale_falls_back_to_the_mean_absolute_deviation_when_most_values_tie():
+    # validation rows with twins: most leave-one-out distances are 0, so the IQR is 0
+    v = np.array([0.0] * 8 + [1.0, 3.0])
+    median, spread = robust_scale(v)
+    assert median == 0.0 and spread == pytest.approx(1.69 * 0.4)
+    # the term stays on the scale of the others instead of blowing up 1e12-fold
+    assert (np.array([2.0]) - median) / spread < 10
 
 
 def test_reference_rows_keep_everything_below_the_cap_and_subsample_seeded_above():

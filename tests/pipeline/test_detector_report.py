@@ -200,11 +200,14 @@ def test_hidden_density_terms_follow_their_formula_and_survive_save_load(tmp_pat
     assert [c.shape for c in det.latent_codes_] == [(len(df), width)] * 2  # every row is a reference
     # the validation rows are references too: their distances leave themselves out (the (k+1)-th)
     from pipeline.density import robust_scale
-    from pipeline.split import split_rows
+    from pipeline.split import member_folds, split_rows
 
+    # cross-fitted: each VAE's terms are standardised on its own validation rows
     split = split_rows(len(df), det.val_fraction, det.cal_fraction, det.seed)
-    val = det.batch(df.iloc[split.val])
-    for m, ref, scale in zip(det.models_, det.latent_codes_, det.score_scale_, strict=True):
+    folds = member_folds(split, 2, det.seed)
+    assert not np.array_equal(folds[0][1], folds[1][1])
+    for m, ref, scale, (_, rows) in zip(det.models_, det.latent_codes_, det.score_scale_, folds, strict=True):
+        val = det.batch(df.iloc[rows])
         assert np.allclose(robust_scale(_nn_distance(encoder_features(m, val), ref, 3)), scale[2:4], rtol=1e-5)
         assert np.allclose(robust_scale(_conditional_nll(m, val, 3)), scale[8:10], rtol=1e-5)
     unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731

@@ -11,7 +11,7 @@ from pipeline.calibrate import conformal_threshold, min_calibration_rows, p_valu
 from pipeline.errors import InputError
 from pipeline.preprocess import Preprocessor
 from pipeline.schema import Schema
-from pipeline.split import split_rows
+from pipeline.split import member_folds, split_rows
 from vae.model import MISSING, UNSEEN
 
 
@@ -71,6 +71,22 @@ def test_split_is_disjoint_and_seeded():
     assert np.array_equal(s.cal, split_rows(100, 0.15, 0.2, seed=1).cal)
     with pytest.raises(InputError, match="training needs at least 10 rows, got 5"):
         split_rows(5, 0.15, 0.2, seed=0)
+
+
+def test_member_folds_cross_fit_the_non_calibration_rows():
+    s = split_rows(100, 0.15, 0.2, seed=1)
+    folds = member_folds(s, 6, seed=1)
+    rest = np.sort(np.concatenate([s.train, s.val]))
+    assert np.array_equal(folds[0][0], s.train) and np.array_equal(folds[0][1], s.val)  # member 0: the split
+    for train, val in folds:
+        assert len(val) == 15 and len(train) == 65  # every member trains on as many rows
+        assert np.array_equal(np.sort(np.concatenate([train, val])), rest)  # never a calibration row
+    vals = [set(v.tolist()) for _, v in folds[:5]]  # 65 // 15 = 4 blocks beside the split's own
+    assert all(not (a & b) for i, a in enumerate(vals) for b in vals[i + 1 :])  # disjoint blocks
+    assert np.array_equal(folds[5][1], folds[0][1])  # then they cycle
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, member_folds(s, 6, seed=1), strict=True))
+    with pytest.raises(InputError, match="n_members must be >= 1, got 0"):
+        member_folds(s, 0, seed=1)
 
 
 def test_quantile_scaling_is_monotone_gaussian_and_extrapolates_linearly():
