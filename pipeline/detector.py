@@ -101,6 +101,9 @@ class VAEAnomalyDetector(DensityTerms):
             default fractions, one member per block of the non-calibration rows): cross-fitting raised
             the mean AUROC of ``benchmarks.tabular`` over 3 VAEs sharing one validation block, and with
             cross-fitting 5 VAEs scored above 3 (BENCHMARKS.md, Sixth round).
+        cross_fit: False trains every VAE on the same rows and early-stops and standardises them all on
+            the same validation rows (the default before cross-fitting; models saved before it load
+            with False).
         latent_k: with k >= 1, each VAE's score adds the density terms of :mod:`pipeline.density`:
             the distance from the row's code to the k-th nearest code of the training, validation and
             calibration rows, each term standardised on the validation rows; 0 = the plain score. 1 by default.
@@ -143,6 +146,7 @@ class VAEAnomalyDetector(DensityTerms):
         score_method: str = "elbo",
         n_draws: int = 16,
         n_models: int = 5,
+        cross_fit: bool = True,
         latent_k: int = 1,
         latent_weight: float = 0.0,
         cosine_weight: float = 1.0,
@@ -166,6 +170,7 @@ class VAEAnomalyDetector(DensityTerms):
         self.score_method = score_method
         self.n_draws = n_draws
         self.n_models = n_models
+        self.cross_fit = cross_fit
         self.latent_k = latent_k
         self.latent_weight = latent_weight
         self.cosine_weight = cosine_weight
@@ -216,10 +221,13 @@ class VAEAnomalyDetector(DensityTerms):
             )
         # Cross-fitting: each VAE early-stops on its own block of rows and trains on the other
         # non-calibration rows (member_folds); the preprocessor is fitted on all of those rows.
-        folds = member_folds(split, self.n_models, self.seed)
+        # Without it every VAE trains on split.train and early-stops on split.val.
+        folds = (member_folds(split, self.n_models, self.seed) if self.cross_fit
+                 else [(split.train, split.val)] * self.n_models)
         fit_rows = np.sort(np.concatenate([split.train, split.val]))
         fit_f = features.iloc[positions[fit_rows]]
-        self.preprocessor_ = Preprocessor(self.schema_, scaling=self.scaling).fit(fit_f)
+        self.preprocessor_ = Preprocessor(self.schema_, scaling=self.scaling).fit(
+            fit_f if self.cross_fit else features.iloc[positions[split.train]])
         self.model_config_ = replace(
             ModelConfig.for_data(len(self.schema_.numeric), self.preprocessor_.cardinalities, self.hidden,
                                  self.latent_dim),
@@ -439,6 +447,7 @@ class VAEAnomalyDetector(DensityTerms):
             "categorical_columns": list(self.categorical_columns), "val_fraction": self.val_fraction,
             "cal_fraction": self.cal_fraction, "hidden": self.hidden, "latent_dim": self.latent_dim,
             "score_method": self.score_method, "n_draws": self.n_draws, "n_models": self.n_models,
+            "cross_fit": self.cross_fit,
             "latent_k": self.latent_k, "latent_weight": self.latent_weight,
             "cosine_weight": self.cosine_weight, "centred_weight": self.centred_weight,
             "conditional_groups": self.conditional_groups, "density_space": self.density_space,
@@ -485,7 +494,7 @@ class VAEAnomalyDetector(DensityTerms):
             # models saved before the latent term scored without it; before density_space, in the latent space
             # ... and before the centred and conditional terms, without them
             p = {"latent_k": 0, "density_space": "latent", "cosine_weight": 0.0, "centred_weight": 0.0,
-                 "conditional_groups": 0, **meta["params"]}
+                 "conditional_groups": 0, "cross_fit": False, **meta["params"]}
             tc = TrainConfig(**meta["train_config"]) if meta.get("train_config") else None
             det = cls(**{k: v for k, v in p.items() if k not in ("hidden",)},
                       hidden=tuple(p["hidden"]) if p.get("hidden") else None, train_config=tc)

@@ -275,6 +275,26 @@ def test_a_model_saved_before_the_centred_and_conditional_terms_loads_with_its_s
     assert np.array_equal(old.score_samples(df), det.score_samples(df))
 
 
+def test_cross_fitting_gives_each_vae_its_own_validation_rows_and_can_be_turned_off(tmp_path):
+    from pipeline.split import member_folds, split_rows
+    from vae.config import TrainConfig
+    from vae.score import score_rows
+
+    df, _ = make_table(300, seed=4)
+    split = split_rows(len(df), 0.15, 0.2, 0)
+    folds = member_folds(split, 3, 0)
+    kw = {"alpha": 0.1, "id_columns": ["id"], "n_models": 3, "train_config": TrainConfig(max_epochs=3)}
+    for cross_fit, vals in ((True, [v for _, v in folds]), (False, [split.val] * 3)):
+        det = VAEAnomalyDetector(cross_fit=cross_fit, **kw).fit(df)
+        for m, scale, rows in zip(det.models_, det.score_scale_, vals, strict=True):  # each -ELBO's median
+            assert np.isclose(np.median(score_rows(m, det.batch(df.iloc[rows])).double().numpy()), scale[0])
+        assert det.n_rows_ == {"train": len(split.train), "val": len(split.val), "cal": len(split.cal),
+                               "excluded_anomalies": 0}
+    assert det.params()["cross_fit"] is False
+    old = _saved_without(det, tmp_path, ("cross_fit",))  # saved before cross-fitting: it was not used
+    assert old.cross_fit is False and np.array_equal(old.score_samples(df), det.score_samples(df))
+
+
 def test_a_model_saved_before_density_space_loads_with_its_latent_score(tmp_path):
     from vae.config import TrainConfig
 
