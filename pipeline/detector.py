@@ -122,9 +122,10 @@ class VAEAnomalyDetector(DensityTerms):
             (``latent``, w = 1, training rows as references) to 0.9606 (raw + unit-length terms, training
             and validation rows as references), 0.9610 (all the normal rows as references), 0.9642
             with the conditional term and the unit-length + centred terms, and 0.9654 with the
-            cross-fitted 5 VAEs (BENCHMARKS.md, Tabular detection quality). Models saved before ``density_space`` existed load as
-            ``latent`` with ``cosine_weight`` 0, those saved before ``centred_weight`` and
-            ``conditional_groups`` existed with both 0: the scores they were calibrated with.
+            cross-fitted 5 VAEs (BENCHMARKS.md, Tabular detection quality). Models saved before
+            ``density_space`` existed load as ``latent`` with ``cosine_weight`` 0, those saved before
+            ``centred_weight`` and ``conditional_groups`` existed with both 0: the scores they were
+            calibrated with.
         min_log_var: floor of the numeric features' learned log-variance (standardised units).
         likelihood: numeric likelihood of the decoder: ``gaussian``, ``student_t`` or ``laplace``.
         scaling: numeric preprocessing, ``standard`` or ``quantile`` (see :class:`Preprocessor`).
