@@ -49,6 +49,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-centred": {"centred_weight": 0.0, "latent_weight": 1.0},  # ... with the raw distance for the centred
     "shared3": {"n_models": 3, "cross_fit": False},  # the default before cross-fitting: 3 VAEs, one validation block
     "cf3": {"n_models": 3},  # cross-fitted, 3 VAEs
+    "ens10": {"n_models": 10},  # cross-fitted, 10 VAEs (two per block)
+    "p100": {"train": {"patience": 100}},
+    "minep100": {"train": {"min_epochs": 100}},
+    "vtrim05": {"train": {"val_trim": 0.05}},  # early stopping on the trimmed validation -ELBO
+    "vtrim10": {"train": {"val_trim": 0.1}},
+    "vtrim20": {"train": {"val_trim": 0.2}},
+    "quantile": {"scaling": "quantile"},  # Gaussian-rank inputs
     "hid-raw2": {**_PREV, "cosine_weight": 0.0, "latent_weight": 2.0},  # hidden layer, raw distance only
     "hid-unit2": {**_PREV, "latent_weight": 0.0, "cosine_weight": 2.0},  # hidden layer, unit-length only
     "beta1": {"train": {"beta": 1.0}},  # the default before beta = 0.2
