@@ -38,8 +38,13 @@ _LAT: dict[str, Any] = {"density_space": "latent", "cosine_weight": 0.0}
 
 # the score before the conditional and centred terms (the -ELBO, raw and unit-length hidden distances),
 # with the ensemble of that time (3 VAEs sharing one validation block)
-_PREV: dict[str, Any] = {"conditional_groups": 0, "latent_weight": 1.0, "centred_weight": 0.0,
-                         "n_models": 3, "cross_fit": False}
+_PREV: dict[str, Any] = {
+    "conditional_groups": 0,
+    "latent_weight": 1.0,
+    "centred_weight": 0.0,
+    "n_models": 3,
+    "cross_fit": False,
+}
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},  # the current defaults
@@ -101,8 +106,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 """Each variant: VAEAnomalyDetector keyword arguments; ``train`` holds TrainConfig fields (seeded per run)."""
 
 
-def run_variant(name: str, kwargs: dict[str, Any], x: np.ndarray, y: np.ndarray, seed: int,
-                alpha: float) -> dict[str, Any]:
+def run_variant(
+    name: str, kwargs: dict[str, Any], x: np.ndarray, y: np.ndarray, seed: int, alpha: float
+) -> dict[str, Any]:
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
@@ -119,9 +125,15 @@ def run_variant(name: str, kwargs: dict[str, Any], x: np.ndarray, y: np.ndarray,
     fit_s = time.perf_counter() - t0
     s = det.score_samples(pd.DataFrame(x[test_idx], columns=cols))
     flagged = s > det.threshold_
-    return {"variant": name, "seed": seed, "auroc": float(roc_auc_score(y_test, s)),
-            "threshold_fpr": float(flagged[y_test == 0].mean()), "fit_s": fit_s,
-            "epochs": len(det.history_.train_loss), "best_epoch": det.history_.best_epoch}
+    return {
+        "variant": name,
+        "seed": seed,
+        "auroc": float(roc_auc_score(y_test, s)),
+        "threshold_fpr": float(flagged[y_test == 0].mean()),
+        "fit_s": fit_s,
+        "epochs": len(det.history_.train_loss),
+        "best_epoch": det.history_.best_epoch,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,8 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for seed in range(args.seeds):
                 r = {"dataset": path.stem, **run_variant(name, VARIANTS[name], x, y, seed, args.alpha)}
                 rows.append(r)
-                print(f"{path.stem:12s} {name:10s} seed={seed} auroc={r['auroc']:.4f} fpr={r['threshold_fpr']:.3f} "
-                      f"fit={r['fit_s']:.1f}s epochs={r['epochs']} best={r['best_epoch']}", flush=True)
+                print(
+                    f"{path.stem:12s} {name:10s} seed={seed} auroc={r['auroc']:.4f} fpr={r['threshold_fpr']:.3f} "
+                    f"fit={r['fit_s']:.1f}s epochs={r['epochs']} best={r['best_epoch']}",
+                    flush=True,
+                )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_csv(args.out, index=False)
     df = pd.DataFrame(rows)

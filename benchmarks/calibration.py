@@ -31,11 +31,14 @@ def check(csv_path: Path, alpha: float, method: str, min_normals: int) -> tuple[
     cal_fraction = VAEAnomalyDetector().cal_fraction
     df = pd.read_csv(csv_path)
     df = df[(df["method"] == method) & df["threshold_fpr"].notna()]
-    lines = [f"Realised false-positive rate of `{method}` at alpha={alpha} ({csv_path.name}); "
-             "99% binomial interval of alpha for the pooled test normals.", "",
-             "| dataset | seeds | test normals (pooled) | flagged normals | realised FPR | binomial 99% "
-             "| inside | with calibration noise, 99% | inside | judged |",
-             "| --- | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Realised false-positive rate of `{method}` at alpha={alpha} ({csv_path.name}); "
+        "99% binomial interval of alpha for the pooled test normals.",
+        "",
+        "| dataset | seeds | test normals (pooled) | flagged normals | realised FPR | binomial 99% "
+        "| inside | with calibration noise, 99% | inside | judged |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- |",
+    ]
     all_ok = True
     for name, g in df.groupby("dataset"):
         n = int(g["n_test_normal"].sum())
@@ -53,9 +56,11 @@ def check(csv_path: Path, alpha: float, method: str, min_normals: int) -> tuple[
         judged = bool((g["n_test_normal"] >= min_normals).all())
         inside, inside_b = lo <= k <= hi, blo <= k <= bhi
         all_ok &= inside_b or not judged
-        lines.append(f"| {name} | {len(g)} | {n} | {k} | {k / n:.4f} | [{lo / n:.4f}, {hi / n:.4f}] | "
-                     f"{'yes' if inside else 'NO'} | [{blo / n:.4f}, {bhi / n:.4f}] | {'yes' if inside_b else 'NO'} | "
-                     f"{'yes' if judged else 'no (<' + str(min_normals) + ')'} |")
+        lines.append(
+            f"| {name} | {len(g)} | {n} | {k} | {k / n:.4f} | [{lo / n:.4f}, {hi / n:.4f}] | "
+            f"{'yes' if inside else 'NO'} | [{blo / n:.4f}, {bhi / n:.4f}] | {'yes' if inside_b else 'NO'} | "
+            f"{'yes' if judged else 'no (<' + str(min_normals) + ')'} |"
+        )
     return "\n".join(lines) + "\n", all_ok
 
 

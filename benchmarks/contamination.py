@@ -46,9 +46,15 @@ def run(x: np.ndarray, y: np.ndarray, seed: int, rate: float, trim: float, alpha
     det.fit(pd.DataFrame(x[train_idx], columns=cols))
     s = det.score_samples(pd.DataFrame(x[test_idx], columns=cols))
     yt = y[test_idx]
-    return {"seed": seed, "trim": trim, "moved_anomalies": n_move, "n_train": len(train_idx),
-            "auroc": float(roc_auc_score(yt, s)), "threshold_fpr": float((s[yt == 0] > det.threshold_).mean()),
-            "fit_s": time.perf_counter() - t0}
+    return {
+        "seed": seed,
+        "trim": trim,
+        "moved_anomalies": n_move,
+        "n_train": len(train_idx),
+        "auroc": float(roc_auc_score(yt, s)),
+        "threshold_fpr": float((s[yt == 0] > det.threshold_).mean()),
+        "fit_s": time.perf_counter() - t0,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,8 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for trim in (0.0, args.contamination):
                 r = {"dataset": path.stem, **run(x, y, seed, args.contamination, trim, args.alpha)}
                 rows.append(r)
-                print(f"{path.stem:12s} seed={seed} trim={trim:.2f} moved={r['moved_anomalies']} "
-                      f"auroc={r['auroc']:.4f} fpr={r['threshold_fpr']:.3f} fit={r['fit_s']:.1f}s", flush=True)
+                print(
+                    f"{path.stem:12s} seed={seed} trim={trim:.2f} moved={r['moved_anomalies']} "
+                    f"auroc={r['auroc']:.4f} fpr={r['threshold_fpr']:.3f} fit={r['fit_s']:.1f}s",
+                    flush=True,
+                )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_csv(args.out, index=False)
     df = pd.DataFrame(rows)

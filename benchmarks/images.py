@@ -134,8 +134,12 @@ def markdown(frame: pd.DataFrame) -> str:
     for ds, part in frame.groupby("dataset", sort=False):
         auroc = part.pivot_table(index="class", columns="method", values="auroc", sort=False)
         methods = list(auroc.columns)
-        lines += [f"### {ds}: AUROC per normal class", "", "| class | " + " | ".join(methods) + " |",
-                  "|---|" + "---:|" * len(methods)]
+        lines += [
+            f"### {ds}: AUROC per normal class",
+            "",
+            "| class | " + " | ".join(methods) + " |",
+            "|---|" + "---:|" * len(methods),
+        ]
         for c, row in auroc.iterrows():
             lines.append(f"| {c} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
         lines.append("| **mean** | " + " | ".join(f"**{v:.4f}**" for v in auroc.mean()) + " |")
@@ -169,25 +173,44 @@ def _run_task(task: tuple) -> dict:
         (scores, fit_s, score_s), name = run_pyod(x_train, x_test, seed), method
     else:
         (scores, fit_s, score_s), name = run_knn(x_train, x_test, seed), method
-    return {"dataset": dataset, "class": c, "method": name, "auroc": roc_auc_score(y, scores),
-            "auprc": average_precision_score(y, scores), "fit_s": fit_s, "score_s": score_s}
+    return {
+        "dataset": dataset,
+        "class": c,
+        "method": name,
+        "auroc": roc_auc_score(y, scores),
+        "auprc": average_precision_score(y, scores),
+        "fit_s": fit_s,
+        "score_s": score_s,
+    }
 
 
 def _record(rows: list[dict], row: dict, out: Path) -> None:
     rows.append(row)
     write_results(rows, out)
-    log.info("class %d %-12s AUROC %.4f AUPRC %.4f fit %.1fs score %.1fs", row["class"], row["method"],
-             row["auroc"], row["auprc"], row["fit_s"], row["score_s"])
+    log.info(
+        "class %d %-12s AUROC %.4f AUPRC %.4f fit %.1fs score %.1fs",
+        row["class"],
+        row["method"],
+        row["auroc"],
+        row["auprc"],
+        row["fit_s"],
+        row["score_s"],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.images", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "mnist"])
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help=f"folder holding fashion-mnist/ and mnist/ (default: ${DATA_ENV} or {DEFAULT_DATA_DIR})")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"folder holding fashion-mnist/ and mnist/ (default: ${DATA_ENV} or {DEFAULT_DATA_DIR})",
+    )
     p.add_argument("--classes", type=int, nargs="+", default=list(range(10)), choices=range(10), metavar="C")
-    p.add_argument("--out", type=Path, default=None,
-                   help="results CSV (default: benchmarks/results/images-<dataset>.csv)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="results CSV (default: benchmarks/results/images-<dataset>.csv)"
+    )
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=1, help="class x method tasks run in parallel processes (1 thread each)")
@@ -209,23 +232,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         data = load_dataset(args.dataset, data_dir, args.seed)
     except FileNotFoundError as e:
-        print(f"python -m benchmarks.images: error: {e.filename} not found: pass --data-dir or set ${DATA_ENV}",
-              file=sys.stderr)
+        print(
+            f"python -m benchmarks.images: error: {e.filename} not found: pass --data-dir or set ${DATA_ENV}",
+            file=sys.stderr,
+        )
         return 2
-    overrides = {k: v for k, v in {"likelihood": args.likelihood, "score_method": args.score_method,
-                                   "latent_dim": args.latent_dim, "epochs": args.epochs,
-                                   "n_models": args.n_models,
-                                   "conv_channels": tuple(args.conv_channels) if args.conv_channels else None,
-                                   "latent_k": args.latent_k, "latent_weight": args.latent_weight,
-                                   "density_space": args.density_space, "cosine_weight": args.cosine_weight,
-                                   }.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "likelihood": args.likelihood,
+            "score_method": args.score_method,
+            "latent_dim": args.latent_dim,
+            "epochs": args.epochs,
+            "n_models": args.n_models,
+            "conv_channels": tuple(args.conv_channels) if args.conv_channels else None,
+            "latent_k": args.latent_k,
+            "latent_weight": args.latent_weight,
+            "density_space": args.density_space,
+            "cosine_weight": args.cosine_weight,
+        }.items()
+        if v is not None
+    }
     vae_name = "vae-anomaly" + (f"[{','.join(f'{k}={v}' for k, v in overrides.items())}]" if overrides else "")
     import torch
 
     torch.set_num_threads(1)  # also for scoring: the machine is shared (../shared/NOTES-torch-pyod.md)
-    log.info("%s on %s (%d CPUs), torch %s, %d thread(s) x %d job(s), %s", args.dataset,
-             platform.processor() or platform.machine(), os.cpu_count(), torch.__version__, torch.get_num_threads(),
-             args.jobs, datetime.now(UTC).isoformat(timespec="seconds"))
+    log.info(
+        "%s on %s (%d CPUs), torch %s, %d thread(s) x %d job(s), %s",
+        args.dataset,
+        platform.processor() or platform.machine(),
+        os.cpu_count(),
+        torch.__version__,
+        torch.get_num_threads(),
+        args.jobs,
+        datetime.now(UTC).isoformat(timespec="seconds"),
+    )
     rows: list[dict] = []
     tasks = [(args.dataset, c, m, args.seed, overrides, vae_name) for c in args.classes for m in args.methods]
     if args.jobs > 1:  # one process per task, 1 torch thread each; the data are loaded once per worker

@@ -117,8 +117,12 @@ def pyod_score(train: np.ndarray, path: Path, fit_rows: int, epochs: int) -> dic
     model.fit(train[:fit_rows])
     t0 = time.perf_counter()
     model.decision_function(x)
-    return {"seconds": time.perf_counter() - t0, "fit_rows": min(fit_rows, len(train)), "epochs": epochs,
-            "threads": torch.get_num_threads()}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "fit_rows": min(fit_rows, len(train)),
+        "epochs": epochs,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -129,8 +133,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=None, help="where to generate files (default: a temp folder)")
     p.add_argument("--train-rows", type=int, default=20_000)
     p.add_argument("--max-epochs", type=int, default=20, help="training epochs of the benchmark's model")
-    p.add_argument("--model", default=None, help="score with this registered model instead of training one "
-                   "(it must take columns x0..x{cols-1}; VAE_ANOMALY_HOME / MLFLOW_TRACKING_URI as set)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="score with this registered model instead of training one "
+        "(it must take columns x0..x{cols-1}; VAE_ANOMALY_HOME / MLFLOW_TRACKING_URI as set)",
+    )
     p.add_argument("--pyod-fit-rows", type=int, default=20_000)
     p.add_argument("--pyod-epochs", type=int, default=10)
     p.add_argument("--no-pyod", action="store_true", help="skip the PyOD measurement")
@@ -169,8 +177,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             env["PREFECT_HOME"] = str(work / "home" / ".prefect")
     train = sample_rows(args.train_rows, args.cols, seed=10_000_000)
     train_csv = work / "train.csv"
-    np.savetxt(train_csv, train, delimiter=",", fmt="%.4f", header=",".join(f"x{j}" for j in range(args.cols)),
-               comments="")
+    np.savetxt(
+        train_csv, train, delimiter=",", fmt="%.4f", header=",".join(f"x{j}" for j in range(args.cols)), comments=""
+    )
     one = work / "one.csv"
     one.write_text(train_csv.read_text().split("\n", 2)[0] + "\n" + train_csv.read_text().split("\n", 2)[1] + "\n")
     result: dict[str, Any] = {"rows": args.rows, "cols": args.cols}
@@ -179,37 +188,68 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     result["generate_s"] = round(time.perf_counter() - t0, 2)
     model = args.model or f"models:/{MODEL_NAME}@champion"
     if args.model is None:
-        r = run_measured([sys.executable, "-m", "flows.train", "--data", str(train_csv), "--model-name", MODEL_NAME,
-                          "--alpha", "0.01", "--max-epochs", str(args.max_epochs)], env, ROOT, work / "train.log")
+        r = run_measured(
+            [
+                sys.executable,
+                "-m",
+                "flows.train",
+                "--data",
+                str(train_csv),
+                "--model-name",
+                MODEL_NAME,
+                "--alpha",
+                "0.01",
+                "--max-epochs",
+                str(args.max_epochs),
+            ],
+            env,
+            ROOT,
+            work / "train.log",
+        )
         result["train_s"] = round(r["seconds"], 2)
     score = [sys.executable, "-m", "flows.score", "--model", model, "--out", str(work / "reports")]
     first = run_measured([*score, str(one)], env, ROOT, work / "one-first.log")
     again = run_measured([*score, str(one)], env, ROOT, work / "one.log")
     big = run_measured([*score, str(work / "big.csv")], env, ROOT, work / "big.log")
     floor = io_floor(work / "big.csv", work / "copy.csv")
-    result.update({
-        "score_s": round(big["seconds"], 2), "io_floor_s": round(floor, 3),
-        "ratio_to_io_floor": round(big["seconds"] / floor, 2), "peak_rss_mb": round(big["peak_rss_mb"], 1),
-        "rows_per_s": round(args.rows / big["seconds"]), "startup_s": round(again["seconds"], 2),
-        "startup_first_s": round(first["seconds"], 2), "startup_peak_rss_mb": round(again["peak_rss_mb"], 1),
-        "report_bytes": (work / "reports" / "big.anomalies.csv").stat().st_size,
-        # the score_file task alone (reading, scoring, writing, summary), as the CLI's summary records it
-        "score_file_s": round(json.loads((work / "reports" / "big.summary.json").read_text())["seconds"], 2),
-    })
+    result.update(
+        {
+            "score_s": round(big["seconds"], 2),
+            "io_floor_s": round(floor, 3),
+            "ratio_to_io_floor": round(big["seconds"] / floor, 2),
+            "peak_rss_mb": round(big["peak_rss_mb"], 1),
+            "rows_per_s": round(args.rows / big["seconds"]),
+            "startup_s": round(again["seconds"], 2),
+            "startup_first_s": round(first["seconds"], 2),
+            "startup_peak_rss_mb": round(again["peak_rss_mb"], 1),
+            "report_bytes": (work / "reports" / "big.anomalies.csv").stat().st_size,
+            # the score_file task alone (reading, scoring, writing, summary), as the CLI's summary records it
+            "score_file_s": round(json.loads((work / "reports" / "big.summary.json").read_text())["seconds"], 2),
+        }
+    )
     if not args.no_pyod:
         pyod = pyod_score(train, work / "big.csv", args.pyod_fit_rows, args.pyod_epochs)
-        result.update({"pyod_score_s": round(pyod["seconds"], 2), "pyod_fit_rows": pyod["fit_rows"],
-                       "pyod_epochs": pyod["epochs"], "pyod_torch_threads": pyod["threads"]})
+        result.update(
+            {
+                "pyod_score_s": round(pyod["seconds"], 2),
+                "pyod_fit_rows": pyod["fit_rows"],
+                "pyod_epochs": pyod["epochs"],
+                "pyod_torch_threads": pyod["threads"],
+            }
+        )
     else:
         result["pyod_score_s"] = None
     import torch
 
-    result.update({
-        "prefect_api": "PREFECT_API_URL" if "PREFECT_API_URL" in os.environ else "ephemeral",
-        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "python": platform.python_version(), "torch": torch.__version__,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-    })
+    result.update(
+        {
+            "prefect_api": "PREFECT_API_URL" if "PREFECT_API_URL" in os.environ else "ephemeral",
+            "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    )
     return result
 
 

@@ -38,8 +38,19 @@ DEFAULT_ALPHA = 0.05
 DEFAULT_SEEDS = 3
 
 COLUMNS = [
-    "dataset", "seed", "method", "n_train", "n_test_normal", "n_test_anomaly", "auroc", "auprc",
-    "threshold_fpr", "threshold_recall", "fit_s", "score_s", "note",
+    "dataset",
+    "seed",
+    "method",
+    "n_train",
+    "n_test_normal",
+    "n_test_anomaly",
+    "auroc",
+    "auprc",
+    "threshold_fpr",
+    "threshold_recall",
+    "fit_s",
+    "score_s",
+    "note",
 ]
 METRIC_COLUMNS = ["auroc", "auprc", "threshold_fpr", "threshold_recall", "fit_s", "score_s"]
 
@@ -129,8 +140,15 @@ def evaluate(y_test: np.ndarray, res: MethodResult) -> dict[str, Any]:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     nan = float("nan")
-    out: dict[str, Any] = {"auroc": nan, "auprc": nan, "threshold_fpr": nan, "threshold_recall": nan,
-                           "fit_s": res.fit_s, "score_s": res.score_s, "note": res.note}
+    out: dict[str, Any] = {
+        "auroc": nan,
+        "auprc": nan,
+        "threshold_fpr": nan,
+        "threshold_recall": nan,
+        "fit_s": res.fit_s,
+        "score_s": res.score_s,
+        "note": res.note,
+    }
     if res.scores is None:
         return out
     s = res.scores
@@ -222,9 +240,13 @@ def summary_markdown(rows: list[dict[str, Any]], methods: Sequence[str], meta: d
         "",
         "### Mean AUROC per method",
         "",
-        md_table(["method", "mean AUROC", "mean AUPRC", "datasets", "seeds"],
-                 [[m, float(auroc[m].mean()), float(auprc[m].mean()), int(auroc[m].notna().sum()),
-                   int(n_seeds.get(m, 0))] for m in methods]),
+        md_table(
+            ["method", "mean AUROC", "mean AUPRC", "datasets", "seeds"],
+            [
+                [m, float(auroc[m].mean()), float(auprc[m].mean()), int(auroc[m].notna().sum()), int(n_seeds.get(m, 0))]
+                for m in methods
+            ],
+        ),
         "",
         "### Mean AUROC per dataset",
         "",
@@ -232,19 +254,29 @@ def summary_markdown(rows: list[dict[str, Any]], methods: Sequence[str], meta: d
         "",
         f"### Threshold behaviour (target false-positive rate alpha={meta['alpha']})",
         "",
-        md_table(["method", "mean threshold_fpr", "mean threshold_recall"],
-                 [[m, float(fpr[m].mean()), float(rec[m].mean())] for m in methods]),
+        md_table(
+            ["method", "mean threshold_fpr", "mean threshold_recall"],
+            [[m, float(fpr[m].mean()), float(rec[m].mean())] for m in methods],
+        ),
         "",
         "### Time (wall seconds summed over all datasets and seeds)",
         "",
-        md_table(["method", "fit_s", "score_s"],
-                 [[m, float(secs.loc[m, "fit_s"]), float(secs.loc[m, "score_s"])] for m in methods], digits=1),
+        md_table(
+            ["method", "fit_s", "score_s"],
+            [[m, float(secs.loc[m, "fit_s"]), float(secs.loc[m, "score_s"])] for m in methods],
+            digits=1,
+        ),
         "",
     ]
     if len(failed):
-        out += ["### Rows without a result", "",
-                md_table(["dataset", "seed", "method", "note"],
-                         failed[["dataset", "seed", "method", "note"]].to_numpy().tolist()), ""]
+        out += [
+            "### Rows without a result",
+            "",
+            md_table(
+                ["dataset", "seed", "method", "note"], failed[["dataset", "seed", "method", "note"]].to_numpy().tolist()
+            ),
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -291,19 +323,32 @@ def environment(argv: Sequence[str], threads: int) -> dict[str, Any]:
         "processor": platform.processor(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "versions": {"torch": torch.__version__, "pyod": _version("pyod"), "scikit-learn": _version("scikit-learn"),
-                     "numpy": np.__version__, "pandas": _version("pandas")},
+        "versions": {
+            "torch": torch.__version__,
+            "pyod": _version("pyod"),
+            "scikit-learn": _version("scikit-learn"),
+            "numpy": np.__version__,
+            "pandas": _version("pandas"),
+        },
     }
 
 
 # ------------------------------------------------------------------ CLI
 def add_protocol_arguments(p: argparse.ArgumentParser, default_out: Path) -> None:
     """The options every tabular benchmark shares: data folder, seeds, alpha, output file."""
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help=f"folder of *.npz files (X, y; y=1 anomaly); default ${DATA_ENV} or {DEFAULT_DATA_DIR}")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"folder of *.npz files (X, y; y=1 anomaly); default ${DATA_ENV} or {DEFAULT_DATA_DIR}",
+    )
     p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="number of seeds, 0..N-1 (default 3)")
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
-                   help="target false-positive rate of every threshold (default 0.05)")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=DEFAULT_ALPHA,
+        help="target false-positive rate of every threshold (default 0.05)",
+    )
     p.add_argument("--out", type=Path, default=default_out, help=f"result CSV (default {default_out})")
 
 
@@ -313,12 +358,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         description="Benchmark vae-anomaly against pyod's VAE, kNN and IsolationForest on tabular *.npz data.",
     )
     add_protocol_arguments(p, DEFAULT_OUT)
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), metavar="METHOD",
-                   help=f"methods to run (default all: {' '.join(METHODS)})")
-    p.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
-                   help="dataset names (file stems) to run (default all)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: the CPUs available to this process)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=list(METHODS),
+        metavar="METHOD",
+        help=f"methods to run (default all: {' '.join(METHODS)})",
+    )
+    p.add_argument(
+        "--datasets", nargs="+", default=None, metavar="NAME", help="dataset names (file stems) to run (default all)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: the CPUs available to this process)"
+    )
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
@@ -345,15 +398,26 @@ def main(argv: list[str] | None = None) -> int:
     methods: list[str] = list(dict.fromkeys(args.methods))
 
     meta = environment(argv, args.threads or available_cpus())
-    meta |= {"data_dir": str(data_dir), "datasets": [f.stem for f in files], "methods": methods,
-             "seeds": args.seeds, "alpha": args.alpha, "out": str(out), "status": "running"}
+    meta |= {
+        "data_dir": str(data_dir),
+        "datasets": [f.stem for f in files],
+        "methods": methods,
+        "seeds": args.seeds,
+        "alpha": args.alpha,
+        "out": str(out),
+        "status": "running",
+    }
     write_text_atomic(json.dumps(meta, indent=1) + "\n", meta_path)
-    print(f"benchmarks.tabular: {len(files)} datasets x {args.seeds} seeds x {len(methods)} methods, "
-          f"alpha={args.alpha}", flush=True)
-    print(f"machine: {meta['cpu']} | cpu_count={meta['cpu_count']} available={meta['cpus_available']} | "
-          f"torch threads={meta['torch_threads']} | torch {meta['versions']['torch']}, pyod "
-          f"{meta['versions']['pyod']}, sklearn {meta['versions']['scikit-learn']}, numpy {np.__version__}",
-          flush=True)
+    print(
+        f"benchmarks.tabular: {len(files)} datasets x {args.seeds} seeds x {len(methods)} methods, alpha={args.alpha}",
+        flush=True,
+    )
+    print(
+        f"machine: {meta['cpu']} | cpu_count={meta['cpu_count']} available={meta['cpus_available']} | "
+        f"torch threads={meta['torch_threads']} | torch {meta['versions']['torch']}, pyod "
+        f"{meta['versions']['pyod']}, sklearn {meta['versions']['scikit-learn']}, numpy {np.__version__}",
+        flush=True,
+    )
     print(f"data: {data_dir} -> {out}", flush=True)
 
     rows: list[dict[str, Any]] = []
@@ -365,8 +429,13 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             train_idx, test_idx, y_test = split(y, seed)
             x_train, x_test = x[train_idx], x[test_idx]
-            base = {"dataset": path.stem, "seed": seed, "n_train": len(train_idx),
-                    "n_test_normal": int((y_test == 0).sum()), "n_test_anomaly": int((y_test == 1).sum())}
+            base = {
+                "dataset": path.stem,
+                "seed": seed,
+                "n_train": len(train_idx),
+                "n_test_normal": int((y_test == 0).sum()),
+                "n_test_anomaly": int((y_test == 1).sum()),
+            }
             for method in methods:
                 try:
                     res = METHODS[method](x_train, x_test, alpha=args.alpha, seed=seed)
@@ -377,10 +446,12 @@ def main(argv: list[str] | None = None) -> int:
                 row = {**base, "method": method, **evaluate(y_test, res)}
                 rows.append(row)
                 write_csv_atomic(rows, out)
-                line = (f"  {path.stem:<12} seed={seed} {method:<12} auroc={_fmt(row['auroc'])} "
-                        f"auprc={_fmt(row['auprc'])} fpr={_fmt(row['threshold_fpr'], 3)} "
-                        f"recall={_fmt(row['threshold_recall'], 3)} fit_s={_fmt(row['fit_s'], 2)} "
-                        f"score_s={_fmt(row['score_s'], 2)}")
+                line = (
+                    f"  {path.stem:<12} seed={seed} {method:<12} auroc={_fmt(row['auroc'])} "
+                    f"auprc={_fmt(row['auprc'])} fpr={_fmt(row['threshold_fpr'], 3)} "
+                    f"recall={_fmt(row['threshold_recall'], 3)} fit_s={_fmt(row['fit_s'], 2)} "
+                    f"score_s={_fmt(row['score_s'], 2)}"
+                )
                 if res.info:
                     line += f" [{res.info}]"
                 if row["note"]:
@@ -389,8 +460,11 @@ def main(argv: list[str] | None = None) -> int:
         write_text_atomic(summary_markdown(rows, methods, meta), md_path)
 
     wall = time.perf_counter() - t_start
-    meta |= {"status": "finished" if not errors else f"finished with {errors} errors",
-             "wall_s": round(wall, 1), "rows": len(rows)}
+    meta |= {
+        "status": "finished" if not errors else f"finished with {errors} errors",
+        "wall_s": round(wall, 1),
+        "rows": len(rows),
+    }
     write_text_atomic(json.dumps(meta, indent=1) + "\n", meta_path)
     md = summary_markdown(rows, methods, meta)
     write_text_atomic(md, md_path)

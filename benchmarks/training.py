@@ -52,8 +52,15 @@ def ours(x: np.ndarray, epochs: int, batch_size: int, device: str) -> dict[str, 
     train = TabularBatch(xt, torch.ones_like(xt), torch.zeros(len(x), 0, dtype=torch.long))
     val = train.rows(slice(0, n_val))
     model = TabularVAE(ModelConfig(n_numeric=x.shape[1], hidden=HIDDEN, latent_dim=LATENT))
-    cfg = TrainConfig(max_epochs=epochs, batch_size=batch_size, patience=epochs + 1, min_epochs=0,
-                      kl_warmup_epochs=0, device=device, cpu_threads=None)
+    cfg = TrainConfig(
+        max_epochs=epochs,
+        batch_size=batch_size,
+        patience=epochs + 1,
+        min_epochs=0,
+        kl_warmup_epochs=0,
+        device=device,
+        cpu_threads=None,
+    )
     t0 = time.perf_counter()
     h = fit(model, train, val, cfg)
     seconds = time.perf_counter() - t0
@@ -63,9 +70,15 @@ def ours(x: np.ndarray, epochs: int, batch_size: int, device: str) -> dict[str, 
 def pyod(x: np.ndarray, epochs: int, batch_size: int, device: str) -> dict[str, Any]:
     from pyod.models.vae import VAE
 
-    model = VAE(epoch_num=epochs, batch_size=batch_size, encoder_neuron_list=list(HIDDEN),
-                decoder_neuron_list=list(reversed(HIDDEN)), latent_dim=LATENT, verbose=0,
-                device=None if device == "auto" else device)
+    model = VAE(
+        epoch_num=epochs,
+        batch_size=batch_size,
+        encoder_neuron_list=list(HIDDEN),
+        decoder_neuron_list=list(reversed(HIDDEN)),
+        latent_dim=LATENT,
+        verbose=0,
+        device=None if device == "auto" else device,
+    )
     t0 = time.perf_counter()
     model.fit(x)
     seconds = time.perf_counter() - t0
@@ -101,20 +114,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in range(args.repeats):
         runs_a.append(ours(x, args.epochs, args.batch_size, args.device))
         runs_b.append(pyod(x, args.epochs, args.batch_size, args.device))
-        print(f"run {r + 1}/{args.repeats}: ours {runs_a[-1]['samples_per_s']:,.0f} samples/s, "
-              f"pyod {runs_b[-1]['samples_per_s']:,.0f} samples/s", flush=True)
+        print(
+            f"run {r + 1}/{args.repeats}: ours {runs_a[-1]['samples_per_s']:,.0f} samples/s, "
+            f"pyod {runs_b[-1]['samples_per_s']:,.0f} samples/s",
+            flush=True,
+        )
     a, b = _median_run(runs_a), _median_run(runs_b)
     result = {
-        "rows": args.rows, "cols": args.cols, "epochs": args.epochs, "batch_size": args.batch_size,
-        "repeats": args.repeats, "architecture": {"hidden": HIDDEN, "latent": LATENT},
+        "rows": args.rows,
+        "cols": args.cols,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "architecture": {"hidden": HIDDEN, "latent": LATENT},
         "threads": torch.get_num_threads(),
-        "device": a["device"], "ours_seconds": round(a["seconds"], 3), "pyod_seconds": round(b["seconds"], 3),
-        "ours_samples_per_s": round(a["samples_per_s"]), "pyod_samples_per_s": round(b["samples_per_s"]),
+        "device": a["device"],
+        "ours_seconds": round(a["seconds"], 3),
+        "pyod_seconds": round(b["seconds"], 3),
+        "ours_samples_per_s": round(a["samples_per_s"]),
+        "pyod_samples_per_s": round(b["samples_per_s"]),
         "ratio": round(a["samples_per_s"] / b["samples_per_s"], 2),
         "ours_runs_samples_per_s": [round(r["samples_per_s"]) for r in runs_a],
         "pyod_runs_samples_per_s": [round(r["samples_per_s"]) for r in runs_b],
         "command": "python -m benchmarks.training " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": platform.platform(),
         "torch": torch.__version__,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -66,8 +66,11 @@ def run(prog: str, body: Callable[[], int]) -> int:
             return int(code)
         if os.environ.get(DEBUG_ENV):
             raise
-        print(f"{prog}: error: unexpected {type(e).__name__}: {redact(one_line(e))} "
-              f"(a bug: set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        print(
+            f"{prog}: error: unexpected {type(e).__name__}: {redact(one_line(e))} "
+            f"(a bug: set {DEBUG_ENV}=1 for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
 
 
@@ -103,8 +106,10 @@ def flow_failure(prog: str, state: Any) -> int | None:
 
 def print_registered(summary: dict[str, Any]) -> None:
     """The training CLIs' output: the registered version and alias, then every summary field."""
-    print(f"registered {summary['model_name']} version {summary['version']} as @{summary['alias']} "
-          f"(threshold {summary['threshold']:.4g} at alpha={summary['alpha']})")
+    print(
+        f"registered {summary['model_name']} version {summary['version']} as @{summary['alias']} "
+        f"(threshold {summary['threshold']:.4g} at alpha={summary['alpha']})"
+    )
     for k, v in summary.items():
         print(f"  {k}: {v}")
 

@@ -45,16 +45,19 @@ class DaskOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dask_address: str | None = Field(
-        None, pattern=r"^([a-z]+://\S+|[\w.\-]+:\d+)$",
-        description="scheduler address of an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
+        None,
+        pattern=r"^([a-z]+://\S+|[\w.\-]+:\d+)$",
+        description="scheduler address of an existing Dask cluster, e.g. tcp://10.0.0.5:8786",
+    )
     dask_workers: int | None = Field(None, ge=1, le=1024, description="start a LocalCluster with this many workers")
     dask_processes: bool = Field(True, description="LocalCluster workers are processes (False: threads of this one)")
 
     @model_validator(mode="after")
     def _one_cluster(self) -> DaskOptions:
         if self.dask_address is not None and self.dask_workers is not None:
-            raise ValueError(f"give dask_address ({self.dask_address!r}) or dask_workers ({self.dask_workers!r}), "
-                             "not both")
+            raise ValueError(
+                f"give dask_address ({self.dask_address!r}) or dask_workers ({self.dask_workers!r}), not both"
+            )
         return self
 
     def parallel(self) -> bool:
@@ -71,7 +74,8 @@ class FlagRuleOptions(BaseModel):
     alpha: float | None = Field(None, gt=0, lt=1, description="flag p <= alpha (default: the model's alpha)")
     fdr: float | None = Field(None, gt=0, lt=1, description="Benjamini-Hochberg over the batch at this level")
     conditional: float | None = Field(
-        None, gt=0, lt=1, description="delta: calibration-conditional guarantee with probability >= 1 - delta")
+        None, gt=0, lt=1, description="delta: calibration-conditional guarantee with probability >= 1 - delta"
+    )
 
     @model_validator(mode="after")
     def _one_rule(self) -> FlagRuleOptions:
@@ -152,8 +156,10 @@ class InboxConfig(DaskOptions):
             raise ValueError("fdr cannot be combined with alpha: choose one flag rule")
         inbox, outbox = self.inbox.resolve(), self.outbox.resolve()
         if inbox == outbox or outbox.is_relative_to(inbox) or inbox.is_relative_to(outbox):
-            raise ValueError(f"inbox {str(self.inbox)!r} and outbox {str(self.outbox)!r} must be separate folders, "
-                             "neither inside the other (reports would be scored as new files)")
+            raise ValueError(
+                f"inbox {str(self.inbox)!r} and outbox {str(self.outbox)!r} must be separate folders, "
+                "neither inside the other (reports would be scored as new files)"
+            )
         return self
 
     def quarantine_dir(self) -> Path:
@@ -194,8 +200,10 @@ class ImageScoreConfig(FlagRuleOptions):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    inputs: list[str] = Field(min_length=1, description="image batches: folders, IDX/.npz files; loose image "
-                                                         "files and globs together form one batch")
+    inputs: list[str] = Field(
+        min_length=1,
+        description="image batches: folders, IDX/.npz files; loose image files and globs together form one batch",
+    )
     model: str = Field("models:/vae-anomaly-images@champion", description="MLflow model URI")
     out: Path = Field(Path("reports"), description="folder for <name>.anomalies.csv and contact sheets")
     top_k: int = Field(16, ge=0, le=1000, description="images on the contact sheet")
@@ -220,13 +228,19 @@ class RetrainConfig(TrainConfig):
 
     alias: str = Field("challenger", min_length=1, description="alias set on the challenger's version")
     champion_alias: str = Field("champion", min_length=1, description="alias of the champion, moved on promotion")
-    holdout_fraction: float = Field(0.2, gt=0, lt=0.9, description="share of the new normal rows held out to compare "
-                                                                   "the models (labelled anomalies are all held out)")
+    holdout_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=0.9,
+        description="share of the new normal rows held out to compare the models (labelled anomalies are all held out)",
+    )
     margin: float = Field(0.01, ge=0, lt=1, description="AUROC gain that counts as better, with labels")
-    level: float = Field(0.01, gt=0, lt=1, description="binomial test level: a threshold flags more normal rows "
-                                                       "than its alpha")
-    decision_experiment: str = Field("vae-anomaly-retrain", min_length=1,
-                                     description="MLflow experiment of the decision runs")
+    level: float = Field(
+        0.01, gt=0, lt=1, description="binomial test level: a threshold flags more normal rows than its alpha"
+    )
+    decision_experiment: str = Field(
+        "vae-anomaly-retrain", min_length=1, description="MLflow experiment of the decision runs"
+    )
 
     @field_validator("champion_alias")
     @classmethod

@@ -1,6 +1,6 @@
 """``make demo``: make demo data, train and register a model, score a new batch, print the results.
 
-    python -m flows.demo [--data-dir data/demo] [--out reports]
+python -m flows.demo [--data-dir data/demo] [--out reports]
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=project_root() / "data" / "demo")
     p.add_argument("--out", type=Path, default=project_root() / "reports")
     p.add_argument("--model-name", default="vae-anomaly")
-    p.add_argument("--images", choices=["yes", "no", "only"], default="yes",
-                   help="also run the image demo (sklearn 8x8 digits as PNGs), skip it, or run only it")
+    p.add_argument(
+        "--images",
+        choices=["yes", "no", "only"],
+        default="yes",
+        help="also run the image demo (sklearn 8x8 digits as PNGs), skip it, or run only it",
+    )
     args = p.parse_args(argv)
 
     def body() -> int:
@@ -40,9 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         summary = train(TrainConfig(data=files.train, model_name=args.model_name, id_columns=["txn_id"]))
         t2 = time.perf_counter()
-        print(f"trained and registered {summary['model_name']} v{summary['version']} @{summary['alias']}: "
-              f"{summary['epochs']} epochs on {summary['device']}, threshold {summary['threshold']:.4g} "
-              f"at alpha={summary['alpha']}")
+        print(
+            f"trained and registered {summary['model_name']} v{summary['version']} @{summary['alias']}: "
+            f"{summary['epochs']} epochs on {summary['device']}, threshold {summary['threshold']:.4g} "
+            f"at alpha={summary['alpha']}"
+        )
         uri = f"models:/{args.model_name}@champion"
         [s] = score(ScoreConfig(inputs=[files.new_batch], model=uri, out=args.out))
         t3 = time.perf_counter()
@@ -52,12 +58,16 @@ def main(argv: list[str] | None = None) -> int:
         merged = report.merge(labels, on="txn_id", suffixes=("", "_true"))
         auroc = roc_auc_score(merged["is_anomaly_true"], merged["score"])
         tp = int(((merged["is_anomaly"] == 1) & (merged["is_anomaly_true"] == 1)).sum())
-        print(f"demo batch: AUROC {auroc:.3f} against the injected labels; {tp} of "
-              f"{int(merged['is_anomaly_true'].sum())} injected anomalies flagged, "
-              f"{int(merged['is_anomaly'].sum()) - tp} normal rows flagged")
+        print(
+            f"demo batch: AUROC {auroc:.3f} against the injected labels; {tp} of "
+            f"{int(merged['is_anomaly_true'].sum())} injected anomalies flagged, "
+            f"{int(merged['is_anomaly'].sum()) - tp} normal rows flagged"
+        )
         print(f"timings: data {t1 - t0:.1f}s, train flow {t2 - t1:.1f}s, score flow {t3 - t2:.1f}s")
-        print(f"MLflow store: {redact(tracking_uri())}; open the UI with:\n"
-              f"  .venv/bin/mlflow ui --backend-store-uri {redact(tracking_uri())} --port 5000")
+        print(
+            f"MLflow store: {redact(tracking_uri())}; open the UI with:\n"
+            f"  .venv/bin/mlflow ui --backend-store-uri {redact(tracking_uri())} --port 5000"
+        )
         print(f"REPORT: {s['report']}")
         if args.images == "yes":
             return image_demo(args.data_dir / "images", args.out / "images", f"{args.model_name}-images")
@@ -78,22 +88,24 @@ def image_demo(data_dir: Path, out: Path, model_name: str) -> int:
     t0 = time.perf_counter()
     files = make_digit_images(data_dir)
     print(f"\nimage demo data: {files.train} (digit 0, training), {files.new_batch} (new batch), {files.labels}")
-    summary = train_images(ImageTrainConfig(data=[str(files.train)], model_name=model_name, alpha=0.05,
-                                            max_epochs=30))
+    summary = train_images(ImageTrainConfig(data=[str(files.train)], model_name=model_name, alpha=0.05, max_epochs=30))
     t1 = time.perf_counter()
-    print(f"trained and registered {summary['model_name']} v{summary['version']} @{summary['alias']}: "
-          f"{summary['epochs']} epochs on {summary['device']}, {summary['train']} training images "
-          f"{summary['image_size']} {summary['image_mode']}, threshold {summary['threshold']:.4g} at alpha=0.05")
-    [s] = score_images(ImageScoreConfig(inputs=[str(files.new_batch)], model=f"models:/{model_name}@champion",
-                                        out=out))
+    print(
+        f"trained and registered {summary['model_name']} v{summary['version']} @{summary['alias']}: "
+        f"{summary['epochs']} epochs on {summary['device']}, {summary['train']} training images "
+        f"{summary['image_size']} {summary['image_mode']}, threshold {summary['threshold']:.4g} at alpha=0.05"
+    )
+    [s] = score_images(ImageScoreConfig(inputs=[str(files.new_batch)], model=f"models:/{model_name}@champion", out=out))
     t2 = time.perf_counter()
     print_summary(s)
     report = pd.read_csv(s["report"]).merge(pd.read_csv(files.labels), on="path", suffixes=("", "_true"))
     auroc = roc_auc_score(report["is_anomaly_true"], report["score"])
     tp = int(((report["is_anomaly"] == 1) & (report["is_anomaly_true"] == 1)).sum())
-    print(f"image demo batch: AUROC {auroc:.3f} (digit 0 normal, other digits anomalies); {tp} of "
-          f"{int(report['is_anomaly_true'].sum())} anomalies flagged, {int(report['is_anomaly'].sum()) - tp} "
-          f"normal images flagged")
+    print(
+        f"image demo batch: AUROC {auroc:.3f} (digit 0 normal, other digits anomalies); {tp} of "
+        f"{int(report['is_anomaly_true'].sum())} anomalies flagged, {int(report['is_anomaly'].sum()) - tp} "
+        f"normal images flagged"
+    )
     print(f"image timings: data + train flow {t1 - t0:.1f}s, score flow {t2 - t1:.1f}s")
     print(f"IMAGE REPORT: {s['report']}")
     print(f"CONTACT SHEET: {s['contact_sheet']}")

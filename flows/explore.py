@@ -53,8 +53,13 @@ def read_one(spec: str, det: Any) -> np.ndarray:
 def samples(det: Any, out: Path, n: int, seed: int) -> list[Path]:
     from pipeline.image_plots import image_grid
 
-    return [image_grid(det.sample(n, seed), out / "prior_samples.png",
-                       f"{n} images decoded from the prior z ~ N(0, I) (seed {seed})")]
+    return [
+        image_grid(
+            det.sample(n, seed),
+            out / "prior_samples.png",
+            f"{n} images decoded from the prior z ~ N(0, I) (seed {seed})",
+        )
+    ]
 
 
 def interpolate(det: Any, out: Path, a: str, b: str, steps: int) -> list[Path]:
@@ -67,8 +72,15 @@ def interpolate(det: Any, out: Path, a: str, b: str, steps: int) -> list[Path]:
     strip = det.decode((1.0 - t) * za + t * zb)
     frames = np.concatenate([x[:1], strip, x[1:]])
     names = ["A", *[f"t={v:.2f}" for v in t[:, 0]], "B"]
-    return [image_grid(frames, out / "interpolation.png", f"interpolation in latent space: {a} -> {b}",
-                       ncols=len(frames), labels=names)]
+    return [
+        image_grid(
+            frames,
+            out / "interpolation.png",
+            f"interpolation in latent space: {a} -> {b}",
+            ncols=len(frames),
+            labels=names,
+        )
+    ]
 
 
 def _labels(images: Any) -> tuple[np.ndarray | None, str]:
@@ -108,8 +120,11 @@ def reconstruct(det: Any, out: Path, specs: list[str]) -> list[Path]:
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m flows.explore", description=__doc__.split("\n")[0])
     common = ArgumentParser(add_help=False)
-    common.add_argument("--model", default="models:/vae-anomaly-images@champion",
-                        help="MLflow URI of an image model (default: models:/vae-anomaly-images@champion)")
+    common.add_argument(
+        "--model",
+        default="models:/vae-anomaly-images@champion",
+        help="MLflow URI of an image model (default: models:/vae-anomaly-images@champion)",
+    )
     common.add_argument("--out", type=Path, default=Path("reports") / "explore", help="output folder")
     common.add_argument("--experiment", default="vae-anomaly-explore", help="MLflow experiment")
     sub = p.add_subparsers(dest="command", required=True)
@@ -155,8 +170,9 @@ def explore(args: Any) -> tuple[list[Path], str]:
         files, params = latent(det, out, args.images), {"images": " ".join(args.images)}
     else:
         files, params = reconstruct(det, out, args.images), {"images": " ".join(args.images)}
-    run_id = image_tracking.log_explore_run(cmd, args.model, files, {**params, "model_version": model.version},
-                                            args.experiment)
+    run_id = image_tracking.log_explore_run(
+        cmd, args.model, files, {**params, "model_version": model.version}, args.experiment
+    )
     return files, run_id
 
 

@@ -38,8 +38,11 @@ def split_kind(argv: list[str]) -> tuple[str, list[str]]:
             raise SystemExit(2)
         return kind, rest
     first = _first_input(rest)
-    if first is not None and Path(first).suffix.lower() != ".npz" and (
-            looks_like_images(first) or IDX_PATTERN.search(first)):
+    if (
+        first is not None
+        and Path(first).suffix.lower() != ".npz"
+        and (looks_like_images(first) or IDX_PATTERN.search(first))
+    ):
         return "image", rest
     return "table", rest
 

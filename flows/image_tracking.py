@@ -21,9 +21,15 @@ from pipeline.image_plots import image_grid, reconstruction_pairs
 from pipeline.plots import score_distribution
 
 
-def log_image_training_run(det: ImageVAEDetector, params: dict[str, Any], model_name: str, alias: str,
-                           sample: np.ndarray, sample_names: Sequence[str], notes: Sequence[str] = ()
-                           ) -> tracking.RegisteredVersion:
+def log_image_training_run(
+    det: ImageVAEDetector,
+    params: dict[str, Any],
+    model_name: str,
+    alias: str,
+    sample: np.ndarray,
+    sample_names: Sequence[str],
+    notes: Sequence[str] = (),
+) -> tracking.RegisteredVersion:
     """Log params, losses, metrics, calibration, prior samples and reconstructions; register; set the alias.
 
     Args:
@@ -38,44 +44,87 @@ def log_image_training_run(det: ImageVAEDetector, params: dict[str, Any], model_
             client = mlflow.MlflowClient()
             h = det.history_
             cfg = det.config_
-            mlflow.log_params({**params, "kind": "image", "image_mode": det.image_mode,
-                               "image_size": f"{cfg.height}x{cfg.width}", "conv_channels": str(cfg.conv_channels),
-                               "hidden": cfg.hidden, "batch_size_used": h.batch_size})
+            mlflow.log_params(
+                {
+                    **params,
+                    "kind": "image",
+                    "image_mode": det.image_mode,
+                    "image_size": f"{cfg.height}x{cfg.width}",
+                    "conv_channels": str(cfg.conv_channels),
+                    "hidden": cfg.hidden,
+                    "batch_size_used": h.batch_size,
+                }
+            )
             tracking._log_history(client, run.info.run_id, det)
             cal = det.calibration_scores_
-            mlflow.log_metrics({
-                "best_val_loss": h.best_val_loss, "best_epoch": h.best_epoch, "epochs": len(h.train_loss),
-                "train_seconds": h.seconds, "train_samples_per_s": h.samples_per_s, "threshold": det.threshold_,
-                "n_train": det.n_rows_["train"], "n_val": det.n_rows_["val"], "n_cal": det.n_rows_["cal"],
-                "cal_score_median": float(np.median(cal)), "cal_score_p99": float(np.quantile(cal, 0.99))})
+            mlflow.log_metrics(
+                {
+                    "best_val_loss": h.best_val_loss,
+                    "best_epoch": h.best_epoch,
+                    "epochs": len(h.train_loss),
+                    "train_seconds": h.seconds,
+                    "train_samples_per_s": h.samples_per_s,
+                    "threshold": det.threshold_,
+                    "n_train": det.n_rows_["train"],
+                    "n_val": det.n_rows_["val"],
+                    "n_cal": det.n_rows_["cal"],
+                    "cal_score_median": float(np.median(cal)),
+                    "cal_score_p99": float(np.quantile(cal, 0.99)),
+                }
+            )
             mlflow.set_tag("device", h.device)
             if notes:
                 mlflow.set_tag("ingest_notes", "; ".join(notes)[:4000])
-            mlflow.log_dict({"alpha": det.alpha, "threshold": det.threshold_, "n_cal": len(cal),
-                             "rule": "split-conformal: k-th smallest calibration score, k=ceil((n+1)(1-alpha))"},
-                            "calibration/calibration.json")
+            mlflow.log_dict(
+                {
+                    "alpha": det.alpha,
+                    "threshold": det.threshold_,
+                    "n_cal": len(cal),
+                    "rule": "split-conformal: k-th smallest calibration score, k=ceil((n+1)(1-alpha))",
+                },
+                "calibration/calibration.json",
+            )
             cal_csv = Path(tmp) / "calibration_scores.csv"
             pd.DataFrame({"score": cal}).to_csv(cal_csv, index=False, float_format="%.9g")
             mlflow.log_artifact(str(cal_csv), "calibration")
-            mlflow.log_artifact(str(score_distribution(cal, det.threshold_, det.alpha,
-                                                       Path(tmp) / "score_distribution.png")), "calibration")
-            mlflow.log_artifact(str(image_grid(det.sample(32, seed=0), Path(tmp) / "prior_samples.png",
-                                               "samples decoded from the prior z ~ N(0, I)")), "figures")
+            mlflow.log_artifact(
+                str(score_distribution(cal, det.threshold_, det.alpha, Path(tmp) / "score_distribution.png")),
+                "calibration",
+            )
+            mlflow.log_artifact(
+                str(
+                    image_grid(
+                        det.sample(32, seed=0),
+                        Path(tmp) / "prior_samples.png",
+                        "samples decoded from the prior z ~ N(0, I)",
+                    )
+                ),
+                "figures",
+            )
             recon, _ = det.reconstruct(sample)
-            mlflow.log_artifact(str(reconstruction_pairs(sample, recon, det.score_samples(sample), sample_names,
-                                                         Path(tmp) / "train_reconstructions.png")), "figures")
+            mlflow.log_artifact(
+                str(
+                    reconstruction_pairs(
+                        sample, recon, det.score_samples(sample), sample_names, Path(tmp) / "train_reconstructions.png"
+                    )
+                ),
+                "figures",
+            )
             det_dir = det.save(Path(tmp) / "detector")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                signature = infer_signature(pd.DataFrame({"path": ["image.png"]}), pd.DataFrame(
-                    {"score": [0.0], "threshold": [0.0], "is_anomaly": [0.0], "error": [""]}))
+                signature = infer_signature(
+                    pd.DataFrame({"path": ["image.png"]}),
+                    pd.DataFrame({"score": [0.0], "threshold": [0.0], "is_anomaly": [0.0], "error": [""]}),
+                )
                 info = tracking._log_pyfunc(det_dir, signature, model_name)
             version = str(info.registered_model_version)
             client.set_registered_model_alias(model_name, alias, version)
             client.set_model_version_tag(model_name, version, "threshold", f"{det.threshold_:.9g}")
             client.set_model_version_tag(model_name, version, "kind", "image")
-            return tracking.RegisteredVersion(model_name, version, alias, run.info.run_id,
-                                              f"models:/{model_name}@{alias}")
+            return tracking.RegisteredVersion(
+                model_name, version, alias, run.info.run_id, f"models:/{model_name}@{alias}"
+            )
     except Exception as e:
         raise tracking._translate(e, uri) from e
 
@@ -93,8 +142,9 @@ def log_files(run_id: str, files: Sequence[str | Path], artifact_path: str) -> l
     return uris
 
 
-def log_explore_run(command: str, model_uri: str, files: Sequence[Path], params: dict[str, Any],
-                    experiment: str = "vae-anomaly-explore") -> str:
+def log_explore_run(
+    command: str, model_uri: str, files: Sequence[Path], params: dict[str, Any], experiment: str = "vae-anomaly-explore"
+) -> str:
     """One MLflow run per explore command, holding the files it wrote. Returns the run id."""
     import mlflow
 

@@ -40,8 +40,12 @@ FAILED_STATUSES = ("failed", "quarantined")
 
 
 def manifest_of(config: InboxConfig) -> Manifest:
-    return Manifest(config.manifest_path(), lease_s=config.lease_s, max_attempts=config.max_attempts,
-                    backoff_s=config.retry_backoff_s)
+    return Manifest(
+        config.manifest_path(),
+        lease_s=config.lease_s,
+        max_attempts=config.max_attempts,
+        backoff_s=config.retry_backoff_s,
+    )
 
 
 def table_scorer(model: "ResolvedModel", config: InboxConfig) -> inbox.Scorer:
@@ -50,8 +54,9 @@ def table_scorer(model: "ResolvedModel", config: InboxConfig) -> inbox.Scorer:
 
     det = model.detector
     rule = FlagRule("fdr", config.fdr) if config.fdr is not None else FlagRule("alpha", config.alpha or det.alpha)
-    return partial(inbox.score_table, det, model_uri=model.uri, model_name=model.name,
-                   model_version=model.version, rule=rule)
+    return partial(
+        inbox.score_table, det, model_uri=model.uri, model_name=model.name, model_version=model.version, rule=rule
+    )
 
 
 # One scorer factory per item kind of pipeline.inbox.KINDS; a new kind (image folders) adds its own.
@@ -69,12 +74,14 @@ def find_new(config: InboxConfig) -> list[inbox.Item] | UserError:
 
 
 @task(cache_policy=NO_CACHE)
-def score_item(model: "ResolvedModel", item: inbox.Item, config: InboxConfig,
-               run_id: str | None = None) -> dict[str, Any]:
+def score_item(
+    model: "ResolvedModel", item: inbox.Item, config: InboxConfig, run_id: str | None = None
+) -> dict[str, Any]:
     """Claim, score and record one item (see ``pipeline.inbox.process_item``)."""
     scorer = SCORERS[item.kind](model, config) if item.kind in SCORERS else _no_scorer(item.kind)
-    return inbox.process_item(item, manifest_of(config), scorer, config.outbox, config.quarantine_dir(),
-                              run_id).to_dict()
+    return inbox.process_item(
+        item, manifest_of(config), scorer, config.outbox, config.quarantine_dir(), run_id
+    ).to_dict()
 
 
 def _no_scorer(kind: str) -> inbox.Scorer:
@@ -101,8 +108,9 @@ def score_inbox(config: InboxConfig) -> list[dict[str, Any]]:
     if isinstance(model, UserError):
         return Failed(message=model.message, data=[model])  # type: ignore[return-value]
     run_id = str(flow_run.id) if flow_run.id else None
-    outcomes = run_each(score_item, [{"model": model, "item": i, "config": config, "run_id": run_id}
-                                     for i in items], config)
+    outcomes = run_each(
+        score_item, [{"model": model, "item": i, "config": config, "run_id": run_id} for i in items], config
+    )
     logger = get_run_logger()
     for o in outcomes:
         logger.info(describe(o))
@@ -126,34 +134,63 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m flows.inbox", description=__doc__.split("\n")[0])
     p.add_argument("--inbox", type=Path, required=True, help="folder watched for new CSV / Parquet files")
     p.add_argument("--outbox", type=Path, required=True, help="report folder (mirrors the inbox's folders)")
-    p.add_argument("--model", default="models:/vae-anomaly@champion",
-                   help="MLflow model URI (default: models:/vae-anomaly@champion)")
+    p.add_argument(
+        "--model",
+        default="models:/vae-anomaly@champion",
+        help="MLflow model URI (default: models:/vae-anomaly@champion)",
+    )
     p.add_argument("--quarantine", type=Path, default=None, help="failed files go here (<outbox>/quarantine)")
     p.add_argument("--manifest", type=Path, default=None, help="SQLite manifest (<outbox>/manifest.sqlite3)")
-    p.add_argument("--min-age", dest="min_age_s", type=float, default=10.0,
-                   help="seconds a file must be unmodified before it is picked up (10)")
+    p.add_argument(
+        "--min-age",
+        dest="min_age_s",
+        type=float,
+        default=10.0,
+        help="seconds a file must be unmodified before it is picked up (10)",
+    )
     p.add_argument("--max-attempts", type=int, default=3, help="attempts before quarantine (3)")
-    p.add_argument("--retry-backoff", dest="retry_backoff_s", type=float, default=60.0,
-                   help="seconds before the first retry, doubled after each failure (60)")
-    p.add_argument("--lease", dest="lease_s", type=float, default=600.0,
-                   help="seconds after which a claim that its run stopped renewing is taken over (600)")
+    p.add_argument(
+        "--retry-backoff",
+        dest="retry_backoff_s",
+        type=float,
+        default=60.0,
+        help="seconds before the first retry, doubled after each failure (60)",
+    )
+    p.add_argument(
+        "--lease",
+        dest="lease_s",
+        type=float,
+        default=600.0,
+        help="seconds after which a claim that its run stopped renewing is taken over (600)",
+    )
     rule = p.add_mutually_exclusive_group()
     rule.add_argument("--alpha", type=float, default=None, help="flag rows with conformal p-value <= A")
     rule.add_argument("--fdr", type=float, default=None, help="Benjamini-Hochberg over each file at level Q")
     dask = p.add_argument_group("parallel scoring on Dask (default: one file after another)")
     dask.add_argument("--dask-address", default=None, help="scheduler of an existing cluster, e.g. tcp://host:8786")
     dask.add_argument("--dask-workers", type=int, default=None, help="start a LocalCluster with N workers")
-    dask.add_argument("--dask-threads", dest="dask_processes", action="store_false",
-                      help="LocalCluster workers are threads of this process, not processes")
+    dask.add_argument(
+        "--dask-threads",
+        dest="dask_processes",
+        action="store_false",
+        help="LocalCluster workers are threads of this process, not processes",
+    )
     mode = p.add_argument_group("when (default: --once)")
     mode.add_argument("--once", action="store_true", help="score the new files now, then exit")
-    mode.add_argument("--serve", action="store_true",
-                      help="serve the flow on a Prefect server (PREFECT_API_URL) on --interval or --cron")
+    mode.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the flow on a Prefect server (PREFECT_API_URL) on --interval or --cron",
+    )
     mode.add_argument("--interval", type=float, default=None, help="seconds between scheduled runs (implies --serve)")
     mode.add_argument("--cron", default=None, help="cron schedule, e.g. '*/5 * * * *' (implies --serve)")
     mode.add_argument("--name", default="score-inbox", help="deployment name when serving (score-inbox)")
-    mode.add_argument("--limit", type=int, default=1,
-                      help="when serving, at most N runs at once (1: a run still busy delays the next)")
+    mode.add_argument(
+        "--limit",
+        type=int,
+        default=1,
+        help="when serving, at most N runs at once (1: a run still busy delays the next)",
+    )
     return p
 
 
@@ -200,12 +237,19 @@ def serve(config: InboxConfig, schedule: dict[str, Any], name: str, limit: int =
     from prefect.types.entrypoint import EntrypointType
 
     if not get_current_settings().api.url:
-        raise InputError("--serve needs a running Prefect server: start one with `prefect server start` and set "
-                         "PREFECT_API_URL=http://127.0.0.1:4200/api")
+        raise InputError(
+            "--serve needs a running Prefect server: start one with `prefect server start` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
     if limit < 1:
         raise InputError(f"--limit must be >= 1, got {limit}")
-    score_inbox.serve(name=name, parameters={"config": config.model_dump(mode="json")}, limit=limit,
-                      entrypoint_type=EntrypointType.MODULE_PATH, **schedule)
+    score_inbox.serve(
+        name=name,
+        parameters={"config": config.model_dump(mode="json")},
+        limit=limit,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        **schedule,
+    )
     return 0
 
 

@@ -23,8 +23,14 @@ def dask_task_runner(options: DaskOptions) -> Any:
 
     if options.dask_address is not None:
         return DaskTaskRunner(address=options.dask_address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": options.dask_workers, "threads_per_worker": 1,
-                                          "processes": options.dask_processes, "dashboard_address": None})
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": options.dask_workers,
+            "threads_per_worker": 1,
+            "processes": options.dask_processes,
+            "dashboard_address": None,
+        }
+    )
 
 
 def run_each(task: Task[..., Any], calls: list[dict[str, Any]], options: DaskOptions) -> list[Any]:

@@ -23,8 +23,15 @@ def progress_bar(label: str, stream: TextIO | None = None) -> Iterator[Callable[
         return
     from tqdm import tqdm
 
-    with tqdm(total=100, desc=label, unit="%", delay=SHOW_AFTER_S, file=stream, leave=False,
-              bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]") as bar:
+    with tqdm(
+        total=100,
+        desc=label,
+        unit="%",
+        delay=SHOW_AFTER_S,
+        file=stream,
+        leave=False,
+        bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+    ) as bar:
 
         def update(rows: int, share: float) -> None:
             bar.set_description_str(f"{label}: {rows:,} rows", refresh=False)

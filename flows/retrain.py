@@ -45,8 +45,11 @@ def split_new_data(df: pd.DataFrame, config: RetrainConfig) -> Parts | UserError
     """Hold out rows to compare the models on; check that the rest can still train a challenger."""
     try:
         train_part, holdout = holdout_split(df, config.label_column, config.holdout_fraction, config.seed)
-        check_enough_rows(len(train_part), config.alpha,
-                          f"{config.data} (after holding out {config.holdout_fraction:.0%} of its normal rows)")
+        check_enough_rows(
+            len(train_part),
+            config.alpha,
+            f"{config.data} (after holding out {config.holdout_fraction:.0%} of its normal rows)",
+        )
         return Parts(train_part, holdout)
     except user_errors() as e:
         return UserError.of(e)
@@ -64,8 +67,9 @@ def load_champion(config: RetrainConfig) -> tracking.ResolvedModel | UserError |
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate_model(det: VAEAnomalyDetector, holdout: pd.DataFrame, config: RetrainConfig,
-                   who: str) -> Evaluation | UserError:
+def evaluate_model(
+    det: VAEAnomalyDetector, holdout: pd.DataFrame, config: RetrainConfig, who: str
+) -> Evaluation | UserError:
     try:
         return evaluate(det, holdout, config.label_column, source=f"{config.data} (held-out rows, {who})")
     except user_errors() as e:
@@ -73,12 +77,16 @@ def evaluate_model(det: VAEAnomalyDetector, holdout: pd.DataFrame, config: Retra
 
 
 @task(cache_policy=NO_CACHE)
-def record_decision(config: RetrainConfig, champion: tracking.ResolvedModel | None, challenger_version: str,
-                    evals: dict[str, Evaluation | None], decision: Decision) -> str | UserError:
+def record_decision(
+    config: RetrainConfig,
+    champion: tracking.ResolvedModel | None,
+    challenger_version: str,
+    evals: dict[str, Evaluation | None],
+    decision: Decision,
+) -> str | UserError:
     """Log the decision run, move the champion alias on promotion, tag both versions. Returns the run id."""
     try:
-        return log_decision(config, None if champion is None else champion.version, challenger_version, evals,
-                            decision)
+        return log_decision(config, None if champion is None else champion.version, challenger_version, evals, decision)
     except user_errors() as e:
         return UserError.of(e)
 
@@ -104,8 +112,13 @@ def alias_version(name: str, alias: str) -> str | None:
     return None if version is None else str(version)
 
 
-def log_decision(config: RetrainConfig, champion_version: str | None, challenger_version: str,
-                 evals: dict[str, Evaluation | None], decision: Decision) -> str:
+def log_decision(
+    config: RetrainConfig,
+    champion_version: str | None,
+    challenger_version: str,
+    evals: dict[str, Evaluation | None],
+    decision: Decision,
+) -> str:
     """One run in ``config.decision_experiment`` with both evaluations, the rule and the outcome; the alias
     move (``set_registered_model_alias`` is one atomic update in the registry); tags on both versions.
 
@@ -120,34 +133,61 @@ def log_decision(config: RetrainConfig, champion_version: str | None, challenger
     try:
         tracking.setup(config.decision_experiment)
         client = mlflow.MlflowClient()
-        with mlflow.start_run(run_name=f"retrain {name}: v{challenger_version} vs "
-                                       f"{'none' if champion_version is None else 'v' + champion_version}") as run:
-            mlflow.log_params({"model_name": name, "champion_version": champion_version or "",
-                               "challenger_version": challenger_version, "data": str(config.data),
-                               "label_column": config.label_column or "", "holdout_fraction": config.holdout_fraction,
-                               "margin": config.margin, "level": config.level, "rule": decision.rule})
+        with mlflow.start_run(
+            run_name=f"retrain {name}: v{challenger_version} vs "
+            f"{'none' if champion_version is None else 'v' + champion_version}"
+        ) as run:
+            mlflow.log_params(
+                {
+                    "model_name": name,
+                    "champion_version": champion_version or "",
+                    "challenger_version": challenger_version,
+                    "data": str(config.data),
+                    "label_column": config.label_column or "",
+                    "holdout_fraction": config.holdout_fraction,
+                    "margin": config.margin,
+                    "level": config.level,
+                    "rule": decision.rule,
+                }
+            )
             for who, e in evals.items():
                 if e is not None:
                     mlflow.log_metrics({f"{who}_{k}": float(v) for k, v in e.to_dict().items() if v is not None})
-            mlflow.log_dict({"decision": decision.to_dict(), "champion_version": champion_version,
-                             "challenger_version": challenger_version,
-                             "evaluations": {k: (v.to_dict() if v else None) for k, v in evals.items()}},
-                            "decision.json")
+            mlflow.log_dict(
+                {
+                    "decision": decision.to_dict(),
+                    "champion_version": champion_version,
+                    "challenger_version": challenger_version,
+                    "evaluations": {k: (v.to_dict() if v else None) for k, v in evals.items()},
+                },
+                "decision.json",
+            )
             mlflow.set_tags({"outcome": outcome, "rule": decision.rule, "reason": decision.reason[:5000]})
             if decision.promote:
                 now = alias_version(name, config.champion_alias)
                 if now != champion_version:
                     mlflow.set_tag("outcome", "not applied: the champion moved")
-                    raise ModelError(f"the {config.champion_alias} alias of {name} moved to v{now} while this retrain "
-                                     f"compared against v{champion_version}: nothing changed, run it again")
+                    raise ModelError(
+                        f"the {config.champion_alias} alias of {name} moved to v{now} while this retrain "
+                        f"compared against v{champion_version}: nothing changed, run it again"
+                    )
                 client.set_registered_model_alias(name, config.champion_alias, challenger_version)
-            tags = {"retrain.outcome": outcome, "retrain.rule": decision.rule, "retrain.reason": decision.reason[:5000],
-                    "retrain.run_id": run.info.run_id, "retrain.champion_version": champion_version or ""}
+            tags = {
+                "retrain.outcome": outcome,
+                "retrain.rule": decision.rule,
+                "retrain.reason": decision.reason[:5000],
+                "retrain.run_id": run.info.run_id,
+                "retrain.champion_version": champion_version or "",
+            }
             for k, v in tags.items():
                 client.set_model_version_tag(name, challenger_version, k, v)
             if champion_version is not None:
-                client.set_model_version_tag(name, champion_version, "retrain.last_challenge",
-                                             f"v{challenger_version} {outcome} (run {run.info.run_id})")
+                client.set_model_version_tag(
+                    name,
+                    champion_version,
+                    "retrain.last_challenge",
+                    f"v{challenger_version} {outcome} (run {run.info.run_id})",
+                )
             return run.info.run_id
     except ModelError:
         raise
@@ -186,11 +226,18 @@ def retrain(config: RetrainConfig) -> dict[str, Any]:
     if isinstance(run_id, UserError):
         return _fail(run_id)
     print(decision.reason)
-    return {"model_name": config.model_name, "champion_version": None if champion is None else champion.version,
-            "challenger_version": reg.version, "promoted": decision.promote, "rule": decision.rule,
-            "reason": decision.reason, "champion": None if champion_eval is None else champion_eval.to_dict(),
-            "challenger": challenger_eval.to_dict(), "decision_run_id": run_id,
-            "tracking_uri": redact(tracking.tracking_uri())}
+    return {
+        "model_name": config.model_name,
+        "champion_version": None if champion is None else champion.version,
+        "challenger_version": reg.version,
+        "promoted": decision.promote,
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "champion": None if champion_eval is None else champion_eval.to_dict(),
+        "challenger": challenger_eval.to_dict(),
+        "decision_run_id": run_id,
+        "tracking_uri": redact(tracking.tracking_uri()),
+    }
 
 
 def _fail(err: UserError) -> Any:
@@ -201,18 +248,32 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m flows.retrain", description=__doc__.split("\n")[0])
     p.add_argument("data", help="the new table (CSV or Parquet): normal rows, or labelled with --label-column")
     p.add_argument("--model-name", default="vae-anomaly", help="registered model name (default: vae-anomaly)")
-    p.add_argument("--label-column", default=None,
-                   help="0/1 column (1 = anomaly): its anomalies are held out and the models compared by AUROC")
-    p.add_argument("--holdout-fraction", type=float, default=0.2,
-                   help="share of the new normal rows held out to compare the models (default: 0.2)")
+    p.add_argument(
+        "--label-column",
+        default=None,
+        help="0/1 column (1 = anomaly): its anomalies are held out and the models compared by AUROC",
+    )
+    p.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.2,
+        help="share of the new normal rows held out to compare the models (default: 0.2)",
+    )
     p.add_argument("--margin", type=float, default=0.01, help="AUROC gain that counts as better (default: 0.01)")
-    p.add_argument("--level", type=float, default=0.01,
-                   help="binomial test level for 'flags more normal rows than alpha' (default: 0.01)")
+    p.add_argument(
+        "--level",
+        type=float,
+        default=0.01,
+        help="binomial test level for 'flags more normal rows than alpha' (default: 0.01)",
+    )
     p.add_argument("--champion-alias", default="champion", help="alias moved on promotion (default: champion)")
     p.add_argument("--alias", default="challenger", help="alias of the challenger's version (default: challenger)")
     p.add_argument("--experiment", default="vae-anomaly", help="MLflow experiment of the training run")
-    p.add_argument("--decision-experiment", default="vae-anomaly-retrain",
-                   help="MLflow experiment of the decision runs (default: vae-anomaly-retrain)")
+    p.add_argument(
+        "--decision-experiment",
+        default="vae-anomaly-retrain",
+        help="MLflow experiment of the decision runs (default: vae-anomaly-retrain)",
+    )
     p.add_argument("--id-columns", type=csv_list, default=[], help="comma-separated columns carried to reports")
     p.add_argument("--categorical-columns", type=csv_list, default=[], help="force these columns categorical")
     p.add_argument("--alpha", type=float, default=0.01, help="the challenger's target false-positive rate")
@@ -238,8 +299,10 @@ def print_outcome(s: dict[str, Any]) -> None:
         if e is None:
             continue
         auroc = "" if e["auroc"] is None else f", AUROC {e['auroc']:.4f}, AUPRC {e['auprc']:.4f}"
-        print(f"  {who}: FPR {e['fpr']:.2%} on {e['n_normal']} held-out normal rows at alpha={e['alpha']:g} "
-              f"(binomial p={e['fpr_pvalue']:.2g}){auroc}")
+        print(
+            f"  {who}: FPR {e['fpr']:.2%} on {e['n_normal']} held-out normal rows at alpha={e['alpha']:g} "
+            f"(binomial p={e['fpr_pvalue']:.2g}){auroc}"
+        )
     print(f"  decision run: {s['decision_run_id']} ({s['tracking_uri']})")
 
 

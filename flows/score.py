@@ -43,14 +43,24 @@ def load_model(model_uri: str) -> tracking.ResolvedModel | UserError:
 
 
 @task(cache_policy=NO_CACHE)
-def score_file(model: tracking.ResolvedModel, path: Path, config: ScoreConfig,
-               out: Path | None = None) -> dict[str, Any] | UserError:
+def score_file(
+    model: tracking.ResolvedModel, path: Path, config: ScoreConfig, out: Path | None = None
+) -> dict[str, Any] | UserError:
     out = config.out if out is None else out  # a part of a dataset folder: its folder under config.out
     try:
         with progress_bar(Path(path).name) as progress:  # a bar on long runs, in a terminal only
-            s = scoring.score_file(model.detector, path, out, model.uri, model.name, model.version,
-                                   rule=config.flag_rule(model.detector.alpha), label_column=config.label_column,
-                                   f1_optimal=config.f1_optimal, progress=progress)
+            s = scoring.score_file(
+                model.detector,
+                path,
+                out,
+                model.uri,
+                model.name,
+                model.version,
+                rule=config.flag_rule(model.detector.alpha),
+                label_column=config.label_column,
+                f1_optimal=config.f1_optimal,
+                progress=progress,
+            )
         target = report_path(out, path).with_name(f"{Path(path).stem}.summary.json")
         try:
             scoring.write_summary(s, target)
@@ -63,13 +73,28 @@ def score_file(model: tracking.ResolvedModel, path: Path, config: ScoreConfig,
 
 @task(cache_policy=NO_CACHE)
 def publish_summary(summaries: list[dict[str, Any]], errors: list[str], experiment: str) -> None:
-    rows = [{"input": s["input"], "rows": s["rows"], "flagged": s["flagged"], "threshold": s["threshold"],
-             "rule": s["rule"], "binomial_p": s["health"]["binomial_pvalue"], "ks_p": s["health"]["ks_pvalue"],
-             "warning": s["health"]["warning"], "model": f"{s['model_name']} v{s['model_version']}",
-             "input_sha256": s["input_sha256"], "report": s["report"]} for s in summaries]
+    rows = [
+        {
+            "input": s["input"],
+            "rows": s["rows"],
+            "flagged": s["flagged"],
+            "threshold": s["threshold"],
+            "rule": s["rule"],
+            "binomial_p": s["health"]["binomial_pvalue"],
+            "ks_p": s["health"]["ks_pvalue"],
+            "warning": s["health"]["warning"],
+            "model": f"{s['model_name']} v{s['model_version']}",
+            "input_sha256": s["input_sha256"],
+            "report": s["report"],
+        }
+        for s in summaries
+    ]
     rows += [{"input": e, "rows": 0, "flagged": 0, "report": "FAILED"} for e in errors]
-    create_table_artifact(table=rows, key="score-summary",
-                          description="vae-anomaly: rows scored and flagged per input file, and batch health")
+    create_table_artifact(
+        table=rows,
+        key="score-summary",
+        description="vae-anomaly: rows scored and flagged per input file, and batch health",
+    )
     if summaries:
         try:
             tracking.log_scoring(summaries, experiment)
@@ -84,8 +109,14 @@ def score(config: ScoreConfig) -> list[dict[str, Any]]:
     if isinstance(model, UserError):
         return Failed(message=model.message, data=[model])  # type: ignore[return-value]
     # In order, or in parallel on Dask (config.dask_*); a folder input is a dataset: one task per part.
-    results = run_each(score_file, [{"model": model, "path": p, "config": config, "out": out}
-                                    for p, out in expand_inputs(config.inputs, config.out)], config)
+    results = run_each(
+        score_file,
+        [
+            {"model": model, "path": p, "config": config, "out": out}
+            for p, out in expand_inputs(config.inputs, config.out)
+        ],
+        config,
+    )
     summaries = [r for r in results if not isinstance(r, UserError)]
     errors = [r for r in results if isinstance(r, UserError)]
     publish_summary(summaries, [e.message for e in errors], config.experiment)
@@ -97,38 +128,53 @@ def score(config: ScoreConfig) -> list[dict[str, Any]]:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m flows.score", description=__doc__.split("\n")[0])
-    p.add_argument("inputs", nargs="+", type=Path,
-                   help="CSV or Parquet files to score, or folders of them (a partitioned dataset)")
-    p.add_argument("--model", default="models:/vae-anomaly@champion",
-                   help="MLflow model URI (default: models:/vae-anomaly@champion)")
+    p.add_argument(
+        "inputs", nargs="+", type=Path, help="CSV or Parquet files to score, or folders of them (a partitioned dataset)"
+    )
+    p.add_argument(
+        "--model",
+        default="models:/vae-anomaly@champion",
+        help="MLflow model URI (default: models:/vae-anomaly@champion)",
+    )
     p.add_argument("--out", type=Path, default=Path("reports"), help="report folder (default: reports/)")
     rule = p.add_argument_group("flag rule (default: p <= the model's alpha)")
     rule.add_argument("--alpha", type=float, default=None, help="flag rows with conformal p-value <= A")
     rule.add_argument("--fdr", type=float, default=None, help="Benjamini-Hochberg over the batch at level Q")
-    rule.add_argument("--conditional", type=float, default=None, metavar="DELTA",
-                      help="calibration-conditional p-values: the alpha guarantee holds with probability >= 1-DELTA")
+    rule.add_argument(
+        "--conditional",
+        type=float,
+        default=None,
+        metavar="DELTA",
+        help="calibration-conditional p-values: the alpha guarantee holds with probability >= 1-DELTA",
+    )
     p.add_argument("--label-column", default=None, help="0/1 column (1 = anomaly): report precision, recall, AUROC")
-    p.add_argument("--f1-optimal", action="store_true",
-                   help="with labelled anomalies, flag at the F1-optimal threshold")
+    p.add_argument(
+        "--f1-optimal", action="store_true", help="with labelled anomalies, flag at the F1-optimal threshold"
+    )
     dask = p.add_argument_group("parallel scoring on Dask, one task per file or dataset part (default: in order)")
     dask.add_argument("--dask-address", default=None, help="scheduler of an existing cluster, e.g. tcp://host:8786")
     dask.add_argument("--dask-workers", type=int, default=None, help="start a LocalCluster with N workers")
-    dask.add_argument("--dask-threads", dest="dask_processes", action="store_false",
-                      help="LocalCluster workers are threads of this process, not processes")
+    dask.add_argument(
+        "--dask-threads",
+        dest="dask_processes",
+        action="store_false",
+        help="LocalCluster workers are threads of this process, not processes",
+    )
     return p
 
 
 def print_summary(s: dict[str, Any]) -> None:
     extra = f", AUROC {s['auroc']:.3f}" if s.get("auroc") is not None else ""
-    print(f"{s['input']}: flagged {s['flagged']} of {s['rows']} rows "
-          f"(threshold {s['threshold']:.4g}, model {s['model_name']} v{s['model_version']}{extra})")
+    print(
+        f"{s['input']}: flagged {s['flagged']} of {s['rows']} rows "
+        f"(threshold {s['threshold']:.4g}, model {s['model_name']} v{s['model_version']}{extra})"
+    )
     print(f"  rule: {s['rule']}")
     h = s["health"]
     print(f"  health: binomial p={h['binomial_pvalue']:.3g}, KS p={h['ks_pvalue']:.3g}")
     if s.get("metrics"):
         m = s["metrics"]
-        print("  labelled: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                                        for k, v in m.items()))
+        print("  labelled: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
     for note in s.get("notes", []):
         print(f"  note: {note}")
     print(f"  report: {s['report']}")
@@ -146,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        return finish_scoring("python -m flows.score", score(ScoreConfig(**vars(args)), return_state=True),
-                              print_summary)
+        return finish_scoring(
+            "python -m flows.score", score(ScoreConfig(**vars(args)), return_state=True), print_summary
+        )
 
     return run("python -m flows.score", body)
 

@@ -45,19 +45,30 @@ def load_image_model(model_uri: str) -> tracking.ResolvedModel | UserError:
         tracking.setup()
         model = tracking.load_model(model_uri)
         if getattr(model.detector, "kind", "table") != "image":
-            raise InputError(f"the input is images (a folder, image file, glob or IDX file) but model {model_uri} is "
-                             "a table model: give an image model with --model, or tables (CSV/Parquet) to score")
+            raise InputError(
+                f"the input is images (a folder, image file, glob or IDX file) but model {model_uri} is "
+                "a table model: give an image model with --model, or tables (CSV/Parquet) to score"
+            )
         return model
     except user_errors() as e:
         return UserError.of(e)
 
 
 @task(cache_policy=NO_CACHE)
-def score_batch(model: tracking.ResolvedModel, source: str | list[str],
-                config: ImageScoreConfig) -> dict[str, Any] | UserError:
+def score_batch(
+    model: tracking.ResolvedModel, source: str | list[str], config: ImageScoreConfig
+) -> dict[str, Any] | UserError:
     try:
-        s = score_images_batch(model.detector, source, config.out, model.uri, model.name, model.version,
-                               rule=config.flag_rule(model.detector.alpha), top_k=config.top_k)
+        s = score_images_batch(
+            model.detector,
+            source,
+            config.out,
+            model.uri,
+            model.name,
+            model.version,
+            rule=config.flag_rule(model.detector.alpha),
+            top_k=config.top_k,
+        )
         target = Path(s.report).with_name(Path(s.report).name.replace(".anomalies.csv", ".summary.json"))
         try:
             write_image_summary(s, target)
@@ -71,13 +82,28 @@ def score_batch(model: tracking.ResolvedModel, source: str | list[str],
 @task(cache_policy=NO_CACHE)
 def publish(summaries: list[dict[str, Any]], errors: list[str], experiment: str) -> None:
     """Prefect table artifact, one MLflow scoring run with the contact sheets, and links to them."""
-    rows = [{"input": s["input"], "images": s["rows"], "undecodable": s["errors"], "flagged": s["flagged"],
-             "threshold": s["threshold"], "rule": s["rule"], "ks_p": s["health"]["ks_pvalue"],
-             "warning": s["health"]["warning"], "model": f"{s['model_name']} v{s['model_version']}",
-             "report": s["report"], "contact_sheet": s["contact_sheet"] or ""} for s in summaries]
+    rows = [
+        {
+            "input": s["input"],
+            "images": s["rows"],
+            "undecodable": s["errors"],
+            "flagged": s["flagged"],
+            "threshold": s["threshold"],
+            "rule": s["rule"],
+            "ks_p": s["health"]["ks_pvalue"],
+            "warning": s["health"]["warning"],
+            "model": f"{s['model_name']} v{s['model_version']}",
+            "report": s["report"],
+            "contact_sheet": s["contact_sheet"] or "",
+        }
+        for s in summaries
+    ]
     rows += [{"input": e, "images": 0, "flagged": 0, "report": "FAILED"} for e in errors]
-    create_table_artifact(table=rows, key="score-images-summary",
-                          description="vae-anomaly images: images scored and flagged per batch, and batch health")
+    create_table_artifact(
+        table=rows,
+        key="score-images-summary",
+        description="vae-anomaly images: images scored and flagged per batch, and batch health",
+    )
     if not summaries:
         return
     try:
@@ -86,8 +112,12 @@ def publish(summaries: list[dict[str, Any]], errors: list[str], experiment: str)
             if s["contact_sheet"]:
                 [uri] = image_tracking.log_files(run_id, [s["contact_sheet"]], "contact_sheets")
                 s["contact_sheet_uri"] = uri
-                create_link_artifact(link=uri, link_text=Path(s["contact_sheet"]).name, key="contact-sheet",
-                                     description=f"top anomalies of {s['input']} (MLflow run {run_id})")
+                create_link_artifact(
+                    link=uri,
+                    link_text=Path(s["contact_sheet"]).name,
+                    key="contact-sheet",
+                    description=f"top anomalies of {s['input']} (MLflow run {run_id})",
+                )
     except Exception as e:  # the reports are written: a tracking hiccup must not fail the run
         log.warning("could not log scoring to MLflow: %s", str(e).splitlines()[0][:200])
 
@@ -110,21 +140,31 @@ def score_images(config: ImageScoreConfig) -> list[dict[str, Any]]:
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m flows.score --kind image", description=__doc__.split("\n")[0])
     p.add_argument("inputs", nargs="+", help="folders, IDX/.npz files, image files or (quoted) globs")
-    p.add_argument("--model", default="models:/vae-anomaly-images@champion",
-                   help="MLflow model URI (default: models:/vae-anomaly-images@champion)")
+    p.add_argument(
+        "--model",
+        default="models:/vae-anomaly-images@champion",
+        help="MLflow model URI (default: models:/vae-anomaly-images@champion)",
+    )
     p.add_argument("--out", type=Path, default=Path("reports"), help="report folder (default: reports/)")
     p.add_argument("--top-k", type=int, default=16, help="images on the contact sheet (default: 16)")
     rule = p.add_argument_group("flag rule (default: p <= the model's alpha)")
     rule.add_argument("--alpha", type=float, default=None, help="flag images with conformal p-value <= A")
     rule.add_argument("--fdr", type=float, default=None, help="Benjamini-Hochberg over the batch at level Q")
-    rule.add_argument("--conditional", type=float, default=None, metavar="DELTA",
-                      help="calibration-conditional p-values: the alpha guarantee holds with probability >= 1-DELTA")
+    rule.add_argument(
+        "--conditional",
+        type=float,
+        default=None,
+        metavar="DELTA",
+        help="calibration-conditional p-values: the alpha guarantee holds with probability >= 1-DELTA",
+    )
     return p
 
 
 def print_summary(s: dict[str, Any]) -> None:
-    print(f"{s['input']}: flagged {s['flagged']} of {s['scored']} images, {s['errors']} undecodable "
-          f"(threshold {s['threshold']:.4g}, model {s['model_name']} v{s['model_version']})")
+    print(
+        f"{s['input']}: flagged {s['flagged']} of {s['scored']} images, {s['errors']} undecodable "
+        f"(threshold {s['threshold']:.4g}, model {s['model_name']} v{s['model_version']})"
+    )
     print(f"  rule: {s['rule']}")
     h = s["health"]
     print(f"  health: binomial p={h['binomial_pvalue']:.3g}, KS p={h['ks_pvalue']:.3g}")

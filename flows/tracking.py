@@ -78,17 +78,22 @@ def _translate(e: Exception, uri: str) -> Exception:
     text = f"{type(e).__name__}: {e}"
     if m := re.search(r"too many (\d{3}) error responses", text):
         retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "")
-        return TrackingUnavailable(f"cannot reach the MLflow tracking server at {redact(uri)}: it answered "
-                                   f"HTTP {m[1]} to every try ({retries} retries with backoff)")
+        return TrackingUnavailable(
+            f"cannot reach the MLflow tracking server at {redact(uri)}: it answered "
+            f"HTTP {m[1]} to every try ({retries} retries with backoff)"
+        )
     if re.search(r"Connection|Max retries|timed out|refused|Name or service", text):
         return TrackingUnavailable(f"cannot reach the MLflow tracking server at {redact(uri)}")
     if answer := _not_mlflow_answer(e, text):
         status, what = answer
         if status in ("401", "403"):
-            return TrackingUnavailable(f"the tracking server at {redact(uri)} refused the request ({what}): check "
-                                       "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN")
-        return TrackingUnavailable(f"the server at {redact(uri)} is not an MLflow tracking server: {what}: "
-                                   "check MLFLOW_TRACKING_URI")
+            return TrackingUnavailable(
+                f"the tracking server at {redact(uri)} refused the request ({what}): check "
+                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN"
+            )
+        return TrackingUnavailable(
+            f"the server at {redact(uri)} is not an MLflow tracking server: {what}: check MLFLOW_TRACKING_URI"
+        )
     return e
 
 
@@ -137,8 +142,13 @@ def _log_history(client: Any, run_id: str, det: VAEAnomalyDetector) -> None:
 
 
 def log_training_run(
-    det: VAEAnomalyDetector, params: dict[str, Any], model_name: str, alias: str,
-    sample: pd.DataFrame, eval_metrics: dict[str, float], anomaly_scores: np.ndarray | None,
+    det: VAEAnomalyDetector,
+    params: dict[str, Any],
+    model_name: str,
+    alias: str,
+    sample: pd.DataFrame,
+    eval_metrics: dict[str, float],
+    anomaly_scores: np.ndarray | None,
 ) -> RegisteredVersion:
     """Log params, per-epoch losses, metrics, schema, calibration and the pyfunc; register it; set alias."""
     import mlflow
@@ -149,36 +159,64 @@ def log_training_run(
         with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
             client = mlflow.MlflowClient()
             h = det.history_
-            mlflow.log_params({**params, "hidden": str(det.model_config_.hidden),
-                               "latent_dim_used": det.model_config_.latent_dim,
-                               "batch_size_used": h.batch_size, "score_method": det.score_method,
-                               "n_draws": det.n_draws})
+            mlflow.log_params(
+                {
+                    **params,
+                    "hidden": str(det.model_config_.hidden),
+                    "latent_dim_used": det.model_config_.latent_dim,
+                    "batch_size_used": h.batch_size,
+                    "score_method": det.score_method,
+                    "n_draws": det.n_draws,
+                }
+            )
             _log_history(client, run.info.run_id, det)
             cal = det.calibration_scores_
-            mlflow.log_metrics({
-                "best_val_loss": h.best_val_loss, "best_epoch": h.best_epoch, "epochs": len(h.train_loss),
-                "train_seconds": h.seconds, "train_samples_per_s": h.samples_per_s,
-                "threshold": det.threshold_, "n_train": det.n_rows_["train"], "n_val": det.n_rows_["val"],
-                "n_cal": det.n_rows_["cal"], "cal_score_median": float(np.median(cal)),
-                "cal_score_p99": float(np.quantile(cal, 0.99)), **eval_metrics,
-            })
+            mlflow.log_metrics(
+                {
+                    "best_val_loss": h.best_val_loss,
+                    "best_epoch": h.best_epoch,
+                    "epochs": len(h.train_loss),
+                    "train_seconds": h.seconds,
+                    "train_samples_per_s": h.samples_per_s,
+                    "threshold": det.threshold_,
+                    "n_train": det.n_rows_["train"],
+                    "n_val": det.n_rows_["val"],
+                    "n_cal": det.n_rows_["cal"],
+                    "cal_score_median": float(np.median(cal)),
+                    "cal_score_p99": float(np.quantile(cal, 0.99)),
+                    **eval_metrics,
+                }
+            )
             mlflow.set_tag("device", h.device)
             mlflow.log_dict(det.schema_.to_dict(), "schema.json")
-            mlflow.log_dict({"alpha": det.alpha, "threshold": det.threshold_, "n_cal": len(cal),
-                             "rule": "split-conformal: k-th smallest calibration score, k=ceil((n+1)(1-alpha))"},
-                            "calibration/calibration.json")
+            mlflow.log_dict(
+                {
+                    "alpha": det.alpha,
+                    "threshold": det.threshold_,
+                    "n_cal": len(cal),
+                    "rule": "split-conformal: k-th smallest calibration score, k=ceil((n+1)(1-alpha))",
+                },
+                "calibration/calibration.json",
+            )
             cal_csv = Path(tmp) / "calibration_scores.csv"
             pd.DataFrame({"score": cal}).to_csv(cal_csv, index=False, float_format="%.9g")
             mlflow.log_artifact(str(cal_csv), "calibration")
-            png = score_distribution(cal, det.threshold_, det.alpha, Path(tmp) / "score_distribution.png",
-                                     other_scores=anomaly_scores, other_label="labelled anomalies")
+            png = score_distribution(
+                cal,
+                det.threshold_,
+                det.alpha,
+                Path(tmp) / "score_distribution.png",
+                other_scores=anomaly_scores,
+                other_label="labelled anomalies",
+            )
             mlflow.log_artifact(str(png), "calibration")
             det_dir = det.save(Path(tmp) / "detector")
             features = det.schema_.validate(sample, require_ids=False)
             with warnings.catch_warnings():  # is_anomaly is an integer on purpose: 0/1, never missing
                 warnings.simplefilter("ignore", UserWarning)
-                signature = infer_signature(features, pd.DataFrame(
-                    {"score": [0.0], "threshold": [0.0], "is_anomaly": [0]}))
+                signature = infer_signature(
+                    features, pd.DataFrame({"score": [0.0], "threshold": [0.0], "is_anomaly": [0]})
+                )
             with warnings.catch_warnings():  # MLflow's advice on type hints and input examples
                 warnings.simplefilter("ignore", UserWarning)
                 info = _log_pyfunc(det_dir, signature, model_name)
@@ -238,8 +276,7 @@ def load_model(model_uri: str) -> ResolvedModel:
         t = _translate(e, uri)
         if isinstance(t, TrackingUnavailable):
             raise t from e
-        raise ModelError(f"model {model_uri} not found in the registry at {redact(uri)}: "
-                         f"{_first_line(e)}") from e
+        raise ModelError(f"model {model_uri} not found in the registry at {redact(uri)}: {_first_line(e)}") from e
     except ModelError as e:
         raise ModelError(f"model {model_uri} cannot be loaded: {_first_line(e)}") from e
     except Exception as e:
@@ -261,13 +298,28 @@ def log_scoring(summaries: list[dict[str, Any]], experiment: str) -> str:
     setup(experiment)
     first = summaries[0]
     with mlflow.start_run(run_name=f"score {first['model_name']} v{first['model_version']}") as run:
-        mlflow.set_tags({"model_uri": first["model_uri"], "model_name": str(first["model_name"]),
-                         "model_version": str(first["model_version"]), "rule": first["rule"]})
+        mlflow.set_tags(
+            {
+                "model_uri": first["model_uri"],
+                "model_name": str(first["model_name"]),
+                "model_version": str(first["model_version"]),
+                "rule": first["rule"],
+            }
+        )
         for i, s in enumerate(summaries):
             h = s["health"]
-            mlflow.log_metrics({"rows": s["rows"], "flagged": s["flagged"], "flagged_fraction": s["flagged_fraction"],
-                                "threshold": s["threshold"], "binomial_pvalue": h["binomial_pvalue"],
-                                "ks_statistic": h["ks_statistic"], "ks_pvalue": h["ks_pvalue"],
-                                "shift_warning": float(bool(h["warning"]))}, step=i)
+            mlflow.log_metrics(
+                {
+                    "rows": s["rows"],
+                    "flagged": s["flagged"],
+                    "flagged_fraction": s["flagged_fraction"],
+                    "threshold": s["threshold"],
+                    "binomial_pvalue": h["binomial_pvalue"],
+                    "ks_statistic": h["ks_statistic"],
+                    "ks_pvalue": h["ks_pvalue"],
+                    "shift_warning": float(bool(h["warning"])),
+                },
+                step=i,
+            )
             mlflow.log_dict(s, f"summaries/{i:04d}-{Path(s['input']).stem}.json")
         return run.info.run_id

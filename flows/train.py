@@ -1,6 +1,6 @@
 """``train`` flow: read a table, fit the VAE detector, calibrate, log to MLflow, register, set alias.
 
-    python -m flows.train --data data/demo/train.csv --model-name vae-anomaly --id-columns txn_id
+python -m flows.train --data data/demo/train.csv --model-name vae-anomaly --id-columns txn_id
 """
 
 from __future__ import annotations
@@ -50,23 +50,33 @@ def check_enough_rows(n: int, alpha: float, source: str, cal_fraction: float | N
     need_cal = min_calibration_rows(alpha)
     need = max(MIN_ROWS, math.ceil(need_cal / cal_fraction))
     if n < need:
-        raise InputError(f"{source}: {n} rows, but alpha={alpha} needs at least {need_cal} calibration rows, "
-                         f"so at least {need} rows ({cal_fraction:.0%} are held out to calibrate the threshold): "
-                         "give more rows or raise --alpha")
+        raise InputError(
+            f"{source}: {n} rows, but alpha={alpha} needs at least {need_cal} calibration rows, "
+            f"so at least {need} rows ({cal_fraction:.0%} are held out to calibrate the threshold): "
+            "give more rows or raise --alpha"
+        )
 
 
 def trainer_config(config: TrainConfig) -> TrainerConfig:
     """The trainer's defaults, overridden by what the flow's config sets."""
     given = {"max_epochs": config.max_epochs, "batch_size": config.batch_size}
-    return TrainerConfig(seed=config.seed, device=config.device, trim_fraction=config.trim_fraction,
-                         **{k: v for k, v in given.items() if v is not None})
+    return TrainerConfig(
+        seed=config.seed,
+        device=config.device,
+        trim_fraction=config.trim_fraction,
+        **{k: v for k, v in given.items() if v is not None},
+    )
 
 
 @task(cache_policy=NO_CACHE)
 def fit_detector(df: pd.DataFrame, config: TrainConfig) -> VAEAnomalyDetector | UserError:
     det = VAEAnomalyDetector(
-        alpha=config.alpha, id_columns=config.id_columns, label_column=config.label_column,
-        categorical_columns=config.categorical_columns, latent_dim=config.latent_dim, seed=config.seed,
+        alpha=config.alpha,
+        id_columns=config.id_columns,
+        label_column=config.label_column,
+        categorical_columns=config.categorical_columns,
+        latent_dim=config.latent_dim,
+        seed=config.seed,
         train_config=trainer_config(config),
     )
     try:
@@ -90,8 +100,10 @@ def _extreme_hint(det: VAEAnomalyDetector, df: pd.DataFrame) -> str:
     if where is None or where[3] < 1e6:  # nothing extreme: the hint would mislead
         return ""
     column, row, value, dist = where
-    return (f": column {column!r} row {row} holds {value!r}, {dist:.3g} robust standard deviations from its "
-            "median; remove or cap such values")
+    return (
+        f": column {column!r} row {row} holds {value!r}, {dist:.3g} robust standard deviations from its "
+        "median; remove or cap such values"
+    )
 
 
 @task(cache_policy=NO_CACHE)
@@ -108,21 +120,27 @@ def evaluate_labelled(det: VAEAnomalyDetector, df: pd.DataFrame) -> tuple[dict[s
     s_anom = det.score_samples(anomalies)
     s_cal = det.calibration_scores_
     y = np.r_[np.zeros(len(s_cal)), np.ones(len(s_anom))]
-    return {"eval_auroc": float(roc_auc_score(y, np.r_[s_cal, s_anom])),
-            "eval_recall_at_threshold": float(np.mean(s_anom > det.threshold_))}, s_anom
+    return {
+        "eval_auroc": float(roc_auc_score(y, np.r_[s_cal, s_anom])),
+        "eval_recall_at_threshold": float(np.mean(s_anom > det.threshold_)),
+    }, s_anom
 
 
 @task(cache_policy=NO_CACHE)
 def register_model(
-    det: VAEAnomalyDetector, df: pd.DataFrame, config: TrainConfig,
-    eval_metrics: dict[str, float], anomaly_scores: np.ndarray | None,
+    det: VAEAnomalyDetector,
+    df: pd.DataFrame,
+    config: TrainConfig,
+    eval_metrics: dict[str, float],
+    anomaly_scores: np.ndarray | None,
 ) -> tracking.RegisteredVersion | UserError:
     try:
         tracking.setup(config.experiment)
         params = config.model_dump(mode="json", exclude={"model_name", "alias", "experiment"})
         params = {k: ("" if v is None else str(v)) for k, v in params.items()}
-        return tracking.log_training_run(det, params, config.model_name, config.alias,
-                                         df.head(5), eval_metrics, anomaly_scores)
+        return tracking.log_training_run(
+            det, params, config.model_name, config.alias, df.head(5), eval_metrics, anomaly_scores
+        )
     except user_errors() as e:
         return UserError.of(e)
 
@@ -155,10 +173,20 @@ def train(config: TrainConfig) -> dict[str, Any]:
         return Failed(message=reg.message, data=reg)  # type: ignore[return-value]
     h = det.history_
     return {
-        "model_name": reg.name, "version": reg.version, "alias": reg.alias, "model_uri": reg.model_uri,
-        "run_id": reg.run_id, "threshold": det.threshold_, "alpha": det.alpha, **det.n_rows_,
-        "epochs": len(h.train_loss), "best_epoch": h.best_epoch, "train_seconds": round(h.seconds, 2),
-        "device": h.device, "tracking_uri": tracking.redact(tracking.tracking_uri()), **eval_metrics,
+        "model_name": reg.name,
+        "version": reg.version,
+        "alias": reg.alias,
+        "model_uri": reg.model_uri,
+        "run_id": reg.run_id,
+        "threshold": det.threshold_,
+        "alpha": det.alpha,
+        **det.n_rows_,
+        "epochs": len(h.train_loss),
+        "best_epoch": h.best_epoch,
+        "train_seconds": round(h.seconds, 2),
+        "device": h.device,
+        "tracking_uri": tracking.redact(tracking.tracking_uri()),
+        **eval_metrics,
     }
 
 
@@ -175,9 +203,13 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-epochs", type=int, default=None, help="cap on epochs (default: the trainer's budget)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--latent-dim", type=int, default=None)
-    p.add_argument("--trim-fraction", type=float, default=0.0,
-                   help="training data holds some anomalies: leave this fraction of the worst-fitting rows of "
-                        "each batch out of training (default: 0)")
+    p.add_argument(
+        "--trim-fraction",
+        type=float,
+        default=0.0,
+        help="training data holds some anomalies: leave this fraction of the worst-fitting rows of "
+        "each batch out of training (default: 0)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return p

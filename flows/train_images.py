@@ -1,7 +1,7 @@
 """``train_images`` flow: read normal images, fit the convolutional VAE, calibrate, log to MLflow, register.
 
-    python -m flows.train --kind image data/demo/images/train --model-name vae-anomaly-images --alpha 0.05
-    python -m flows.train train-images-idx3-ubyte.gz --normal-label 0      # kind detected from the input
+python -m flows.train --kind image data/demo/images/train --model-name vae-anomaly-images --alpha 0.05
+python -m flows.train train-images-idx3-ubyte.gz --normal-label 0      # kind detected from the input
 """
 
 from __future__ import annotations
@@ -33,15 +33,25 @@ def select_label(images: ImageSet, label: int | None) -> ImageSet:
     if label is None:
         return images
     if images.labels is None:
-        raise InputError(f"{images.root}: --normal-label {label} needs labels (an IDX file with its "
-                         "*-labels-idx1-ubyte[.gz] sibling, or an .npz with 'labels' or 'y'); none found")
+        raise InputError(
+            f"{images.root}: --normal-label {label} needs labels (an IDX file with its "
+            "*-labels-idx1-ubyte[.gz] sibling, or an .npz with 'labels' or 'y'); none found"
+        )
     keep = images.labels == label
     if not keep.any():
-        raise InputError(f"{images.root}: no image has label {label}; labels found: "
-                         f"{sorted(int(v) for v in np.unique(images.labels))}")
+        raise InputError(
+            f"{images.root}: no image has label {label}; labels found: "
+            f"{sorted(int(v) for v in np.unique(images.labels))}"
+        )
     idx = np.flatnonzero(keep)
-    return ImageSet(images.root, [images.paths[i] for i in idx], images.pixels[idx], [""] * len(idx),
-                    images.labels[idx], images.notes)
+    return ImageSet(
+        images.root,
+        [images.paths[i] for i in idx],
+        images.pixels[idx],
+        [""] * len(idx),
+        images.labels[idx],
+        images.notes,
+    )
 
 
 @task(cache_policy=NO_CACHE)
@@ -61,9 +71,15 @@ def trainer_config(config: ImageTrainConfig) -> TrainerConfig:
 
 @task(cache_policy=NO_CACHE)
 def fit_image_detector(images: ImageSet, config: ImageTrainConfig) -> ImageVAEDetector | UserError:
-    det = ImageVAEDetector(alpha=config.alpha, latent_dim=config.latent_dim, likelihood=config.likelihood,
-                           score_method=config.score_method, n_models=config.n_models, seed=config.seed,
-                           train_config=trainer_config(config))
+    det = ImageVAEDetector(
+        alpha=config.alpha,
+        latent_dim=config.latent_dim,
+        likelihood=config.likelihood,
+        score_method=config.score_method,
+        n_models=config.n_models,
+        seed=config.seed,
+        train_config=trainer_config(config),
+    )
     try:
         return det.fit(images.pixels)
     except user_errors() as e:
@@ -73,8 +89,9 @@ def fit_image_detector(images: ImageSet, config: ImageTrainConfig) -> ImageVAEDe
 
 
 @task(cache_policy=NO_CACHE)
-def register_image_model(det: ImageVAEDetector, images: ImageSet,
-                         config: ImageTrainConfig) -> tracking.RegisteredVersion | UserError:
+def register_image_model(
+    det: ImageVAEDetector, images: ImageSet, config: ImageTrainConfig
+) -> tracking.RegisteredVersion | UserError:
     try:
         tracking.setup(config.experiment)
         params = config.model_dump(mode="json", exclude={"model_name", "alias", "experiment"})
@@ -82,8 +99,9 @@ def register_image_model(det: ImageVAEDetector, images: ImageSet,
         k = min(8, len(images.pixels))
         n_err = sum(1 for e in images.errors if e)
         notes = [*images.notes, *([f"{n_err} undecodable images left out"] if n_err else [])]
-        return image_tracking.log_image_training_run(det, params, config.model_name, config.alias,
-                                                     images.pixels[:k], images.paths[:k], notes)
+        return image_tracking.log_image_training_run(
+            det, params, config.model_name, config.alias, images.pixels[:k], images.paths[:k], notes
+        )
     except user_errors() as e:
         return UserError.of(e)
 
@@ -102,19 +120,34 @@ def train_images(config: ImageTrainConfig) -> dict[str, Any]:
         return Failed(message=reg.message, data=reg)  # type: ignore[return-value]
     h = det.history_
     return {
-        "model_name": reg.name, "version": reg.version, "alias": reg.alias, "model_uri": reg.model_uri,
-        "run_id": reg.run_id, "threshold": det.threshold_, "alpha": det.alpha, **det.n_rows_,
-        "image_mode": det.image_mode, "image_size": "x".join(map(str, det.image_size)),
-        "undecodable": sum(1 for e in images.errors if e), "notes": images.notes,
-        "epochs": len(h.train_loss), "best_epoch": h.best_epoch, "train_seconds": round(h.seconds, 2),
-        "device": h.device, "tracking_uri": tracking.redact(tracking.tracking_uri()),
+        "model_name": reg.name,
+        "version": reg.version,
+        "alias": reg.alias,
+        "model_uri": reg.model_uri,
+        "run_id": reg.run_id,
+        "threshold": det.threshold_,
+        "alpha": det.alpha,
+        **det.n_rows_,
+        "image_mode": det.image_mode,
+        "image_size": "x".join(map(str, det.image_size)),
+        "undecodable": sum(1 for e in images.errors if e),
+        "notes": images.notes,
+        "epochs": len(h.train_loss),
+        "best_epoch": h.best_epoch,
+        "train_seconds": round(h.seconds, 2),
+        "device": h.device,
+        "tracking_uri": tracking.redact(tracking.tracking_uri()),
     }
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m flows.train --kind image", description=__doc__.split("\n")[0])
-    p.add_argument("data", nargs="*", help="normal images: a folder (searched recursively), image files or "
-                                           "globs, an IDX (*-idx3-ubyte[.gz]) or .npz file")
+    p.add_argument(
+        "data",
+        nargs="*",
+        help="normal images: a folder (searched recursively), image files or "
+        "globs, an IDX (*-idx3-ubyte[.gz]) or .npz file",
+    )
     p.add_argument("--data", dest="data_option", action="append", default=[], help="same as the positional")
     p.add_argument("--normal-label", type=int, default=None, help="labelled IDX/.npz: train on this label only")
     p.add_argument("--model-name", default="vae-anomaly-images", help="registered model (default: vae-anomaly-images)")

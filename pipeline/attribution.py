@@ -36,9 +36,13 @@ def attribution_columns(det: VAEAnomalyDetector, df: pd.DataFrame, ex: Explanati
     # round() of a float is round-half-even on its exact value, as np.rint is
     percent = np.where(picked, np.rint(100 * np.where(picked, top_shares, 0.0)), 0).astype(np.int64)
     labels = [[f"{name}:{k}%" for k in range(101)] for name in names]
-    ranks = [[labels[j][k] if ok else "" for j, k, ok in zip(order[:, r].tolist(), percent[:, r].tolist(),
-                                                             picked[:, r].tolist(), strict=True)]
-             for r in range(order.shape[1])]
+    ranks = [
+        [
+            labels[j][k] if ok else ""
+            for j, k, ok in zip(order[:, r].tolist(), percent[:, r].tolist(), picked[:, r].tolist(), strict=True)
+        ]
+        for r in range(order.shape[1])
+    ]
     top = [";".join(t for t in cells if t) for cells in zip(*ranks, strict=True)] if ranks else [""] * n
     observed = np.full(n, "", dtype=object)
     expected = np.full(n, "", dtype=object)
@@ -53,8 +57,7 @@ def attribution_columns(det: VAEAnomalyDetector, df: pd.DataFrame, ex: Explanati
         else:
             vocab = det.preprocessor_.vocab_[name]
             expected[rows] = [vocab[int(c)] for c in ex.likely_codes[j - n_num][rows].tolist()]
-    return pd.DataFrame({"top_features": top, "top_observed": observed, "top_expected": expected},
-                        index=df.index)
+    return pd.DataFrame({"top_features": top, "top_observed": observed, "top_expected": expected}, index=df.index)
 
 
 def _text(v: object) -> str:

@@ -42,8 +42,7 @@ def conformal_threshold(calibration_scores: np.ndarray, alpha: float) -> float:
     need = min_calibration_rows(alpha)
     if n < need:
         raise InputError(
-            f"alpha={alpha} needs at least {need} calibration rows, got {n}: "
-            f"use more training rows or a larger alpha"
+            f"alpha={alpha} needs at least {need} calibration rows, got {n}: use more training rows or a larger alpha"
         )
     # The small tolerance keeps k exact when alpha is itself a p-value j / (n + 1).
     k = max(math.ceil((n + 1) * (1.0 - alpha) - 1e-9), 1)

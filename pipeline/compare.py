@@ -35,8 +35,9 @@ DEFAULT_MARGIN = 0.01
 DEFAULT_LEVEL = 0.01
 
 
-def holdout_split(df: pd.DataFrame, label_column: str | None, fraction: float,
-                  seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def holdout_split(
+    df: pd.DataFrame, label_column: str | None, fraction: float, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split new data into (rows to train the challenger on, held-out rows both models are evaluated on).
 
     The held-out rows are a seeded ``fraction`` of the normal rows, plus every labelled anomaly: the detector
@@ -57,8 +58,10 @@ def holdout_split(df: pd.DataFrame, label_column: str | None, fraction: float,
     normal = np.flatnonzero(~anomalous)
     k = round(len(normal) * fraction)
     if k < MIN_HOLDOUT_NORMAL:
-        raise InputError(f"holding out {fraction:.0%} of {len(normal)} normal rows leaves {k} to compare the models "
-                         f"on, fewer than {MIN_HOLDOUT_NORMAL}: give more rows or raise the holdout fraction")
+        raise InputError(
+            f"holding out {fraction:.0%} of {len(normal)} normal rows leaves {k} to compare the models "
+            f"on, fewer than {MIN_HOLDOUT_NORMAL}: give more rows or raise the holdout fraction"
+        )
     held = np.zeros(n, dtype=bool)
     held[np.random.default_rng(seed).choice(normal, size=k, replace=False)] = True
     held |= anomalous
@@ -88,8 +91,9 @@ class Evaluation:
         return asdict(self)
 
 
-def evaluate(det: VAEAnomalyDetector, holdout: pd.DataFrame, label_column: str | None = None,
-             source: str = "held-out rows") -> Evaluation:
+def evaluate(
+    det: VAEAnomalyDetector, holdout: pd.DataFrame, label_column: str | None = None, source: str = "held-out rows"
+) -> Evaluation:
     """Score ``holdout`` with ``det``; its false-positive rate on normal rows and, with labels, AUROC and AUPRC.
 
     Raises:
@@ -109,7 +113,10 @@ def evaluate(det: VAEAnomalyDetector, holdout: pd.DataFrame, label_column: str |
     fp = int((flagged & (y == 0)).sum())
     both = n_normal > 0 and n_anom > 0
     return Evaluation(
-        alpha=float(det.alpha), threshold=float(det.threshold_), n_normal=n_normal, false_positives=fp,
+        alpha=float(det.alpha),
+        threshold=float(det.threshold_),
+        n_normal=n_normal,
+        false_positives=fp,
         fpr=fp / n_normal if n_normal else 0.0,
         fpr_pvalue=float(binomtest(fp, n_normal, det.alpha, alternative="greater").pvalue) if n_normal else 1.0,
         n_anomalies=n_anom,
@@ -132,12 +139,15 @@ class Decision:
 
 
 def _fpr_text(e: Evaluation) -> str:
-    return (f"flags {e.false_positives} of {e.n_normal} held-out normal rows ({e.fpr:.1%}) at alpha={e.alpha:g} "
-            f"(binomial p={e.fpr_pvalue:.2g})")
+    return (
+        f"flags {e.false_positives} of {e.n_normal} held-out normal rows ({e.fpr:.1%}) at alpha={e.alpha:g} "
+        f"(binomial p={e.fpr_pvalue:.2g})"
+    )
 
 
-def decide(challenger: Evaluation, champion: Evaluation | None, margin: float = DEFAULT_MARGIN,
-           level: float = DEFAULT_LEVEL) -> Decision:
+def decide(
+    challenger: Evaluation, champion: Evaluation | None, margin: float = DEFAULT_MARGIN, level: float = DEFAULT_LEVEL
+) -> Decision:
     """Apply the promotion rule of this module's docstring.
 
     Args:
@@ -152,26 +162,50 @@ def decide(challenger: Evaluation, champion: Evaluation | None, margin: float = 
     if champion is None:
         return Decision(True, "no-champion", "promoted: there is no champion yet")
     if challenger.fpr_pvalue < level:
-        return Decision(False, "challenger-miscalibrated",
-                        f"kept the champion: the challenger {_fpr_text(challenger)}, more than its alpha promises")
+        return Decision(
+            False,
+            "challenger-miscalibrated",
+            f"kept the champion: the challenger {_fpr_text(challenger)}, more than its alpha promises",
+        )
     champion_broken = champion.fpr_pvalue < level
     if challenger.auroc is not None and champion.auroc is not None:
         gain = challenger.auroc - champion.auroc
-        aurocs = (f"AUROC {challenger.auroc:.4f} (challenger) vs {champion.auroc:.4f} (champion) on "
-                  f"{challenger.n_anomalies} labelled anomalies and {challenger.n_normal} normal rows")
+        aurocs = (
+            f"AUROC {challenger.auroc:.4f} (challenger) vs {champion.auroc:.4f} (champion) on "
+            f"{challenger.n_anomalies} labelled anomalies and {challenger.n_normal} normal rows"
+        )
         if gain >= margin:
             return Decision(True, "labelled-auroc", f"promoted: {aurocs}, better by {gain:+.4f} >= {margin:g}")
         if gain >= -margin and champion_broken:
-            return Decision(True, "labelled-auroc", f"promoted: {aurocs}, within {margin:g}, and the champion "
-                                                    f"{_fpr_text(champion)}, more than its alpha promises")
-        return Decision(False, "labelled-auroc", f"kept the champion: {aurocs}, gain {gain:+.4f} < {margin:g}"
-                                                 + ("" if champion_broken else " and the champion's threshold holds"))
+            return Decision(
+                True,
+                "labelled-auroc",
+                f"promoted: {aurocs}, within {margin:g}, and the champion "
+                f"{_fpr_text(champion)}, more than its alpha promises",
+            )
+        return Decision(
+            False,
+            "labelled-auroc",
+            f"kept the champion: {aurocs}, gain {gain:+.4f} < {margin:g}"
+            + ("" if champion_broken else " and the champion's threshold holds"),
+        )
     if champion_broken and challenger.fpr < champion.fpr:
-        return Decision(True, "calibration", f"promoted: the champion {_fpr_text(champion)}, more than its alpha "
-                                             f"promises; the challenger {_fpr_text(challenger)}")
+        return Decision(
+            True,
+            "calibration",
+            f"promoted: the champion {_fpr_text(champion)}, more than its alpha "
+            f"promises; the challenger {_fpr_text(challenger)}",
+        )
     if champion_broken:
-        return Decision(False, "calibration", f"kept the champion: it {_fpr_text(champion)}, but the challenger "
-                                              f"{_fpr_text(challenger)}, no fewer")
-    return Decision(False, "calibration", f"kept the champion: it {_fpr_text(champion)}, not significantly more "
-                                          f"than its alpha (p >= {level:g}); without labels, a challenger replaces "
-                                          "only a champion whose threshold no longer holds")
+        return Decision(
+            False,
+            "calibration",
+            f"kept the champion: it {_fpr_text(champion)}, but the challenger {_fpr_text(challenger)}, no fewer",
+        )
+    return Decision(
+        False,
+        "calibration",
+        f"kept the champion: it {_fpr_text(champion)}, not significantly more "
+        f"than its alpha (p >= {level:g}); without labels, a challenger replaces "
+        "only a champion whose threshold no longer holds",
+    )

@@ -50,17 +50,19 @@ def _normal_rows(rng: np.random.Generator, n: int) -> pd.DataFrame:
     country = np.where(foreign, rng.choice(["FR", "DE", "ES", "US", "JP"], size=n), "GB")
     distance = np.where(foreign, rng.lognormal(6.5, 0.6, n), rng.lognormal(1.5, 0.8, n))
     hour = np.clip(np.round(rng.normal(14, 4, n)), 0, 23).astype(int)
-    return pd.DataFrame({
-        "amount": amount,
-        "customer_avg_amount": np.round(customer_avg, 2),
-        "n_items": items.astype(int),
-        "distance_km": np.round(distance, 1),
-        "hour": hour,
-        "account_age_days": rng.integers(30, 3650, n),
-        "category": category,
-        "channel": channel,
-        "country": country,
-    })
+    return pd.DataFrame(
+        {
+            "amount": amount,
+            "customer_avg_amount": np.round(customer_avg, 2),
+            "n_items": items.astype(int),
+            "distance_km": np.round(distance, 1),
+            "hour": hour,
+            "account_age_days": rng.integers(30, 3650, n),
+            "category": category,
+            "channel": channel,
+            "country": country,
+        }
+    )
 
 
 def _inject(rng: np.random.Generator, df: pd.DataFrame, rows: np.ndarray) -> list[str]:
@@ -82,8 +84,9 @@ def _inject(rng: np.random.Generator, df: pd.DataFrame, rows: np.ndarray) -> lis
     return kinds
 
 
-def make_demo_data(out_dir: str | Path, seed: int = 7, n_train: int = 6000, n_new: int = 2000,
-                   anomaly_rate: float = 0.04) -> DemoFiles:
+def make_demo_data(
+    out_dir: str | Path, seed: int = 7, n_train: int = 6000, n_new: int = 2000, anomaly_rate: float = 0.04
+) -> DemoFiles:
     """Write ``train.csv``, ``new_batch.csv`` and ``new_batch_labels.csv`` into ``out_dir``."""
     rng = np.random.default_rng(seed)
     out = Path(out_dir)

@@ -194,8 +194,10 @@ class DensityTerms:
     def _latent_knns(self) -> list[list[LatentKNN | None]]:
         """Per VAE, one k-NN index per density term over its reference codes, built on first use (not saved)."""
         if getattr(self, "_knn", None) is None:
-            self._knn = [[None if t is None else LatentKNN(t, self.latent_k) for t in self._term_codes(i, c)]
-                         for i, c in enumerate(self.latent_codes_)]
+            self._knn = [
+                [None if t is None else LatentKNN(t, self.latent_k) for t in self._term_codes(i, c)]
+                for i, c in enumerate(self.latent_codes_)
+            ]
         return self._knn
 
     def _distances(self, i: int, codes: np.ndarray, own: np.ndarray | None = None) -> list[np.ndarray]:

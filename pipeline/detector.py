@@ -194,12 +194,17 @@ class VAEAnomalyDetector(DensityTerms):
         if self.n_models < 1:
             raise InputError(f"n_models must be >= 1, got {self.n_models!r}")
         if self.latent_k < 0 or not self.latent_weight >= 0 or not self.cosine_weight >= 0:
-            raise InputError(f"latent_k, latent_weight and cosine_weight must be >= 0, got {self.latent_k!r}, "
-                             f"{self.latent_weight!r} and {self.cosine_weight!r}")
-        if not self.centred_weight >= 0 or not (isinstance(self.conditional_groups, int)
-                                                 and self.conditional_groups >= 0):
-            raise InputError(f"centred_weight must be >= 0 and conditional_groups an integer >= 0, got "
-                             f"{self.centred_weight!r} and {self.conditional_groups!r}")
+            raise InputError(
+                f"latent_k, latent_weight and cosine_weight must be >= 0, got {self.latent_k!r}, "
+                f"{self.latent_weight!r} and {self.cosine_weight!r}"
+            )
+        if not self.centred_weight >= 0 or not (
+            isinstance(self.conditional_groups, int) and self.conditional_groups >= 0
+        ):
+            raise InputError(
+                f"centred_weight must be >= 0 and conditional_groups an integer >= 0, got "
+                f"{self.centred_weight!r} and {self.conditional_groups!r}"
+            )
         if self.density_space not in DENSITY_SPACES:
             raise InputError(f"density_space must be one of {DENSITY_SPACES}, got {self.density_space!r}")
         if self.scaling not in ("standard", "quantile"):
@@ -223,23 +228,30 @@ class VAEAnomalyDetector(DensityTerms):
         # Cross-fitting: each VAE early-stops on its own block of rows and trains on the other
         # non-calibration rows (member_folds); the preprocessor is fitted on all of those rows.
         # Without it every VAE trains on split.train and early-stops on split.val.
-        folds = (member_folds(split, self.n_models, self.seed) if self.cross_fit
-                 else [(split.train, split.val)] * self.n_models)
+        folds = (
+            member_folds(split, self.n_models, self.seed)
+            if self.cross_fit
+            else [(split.train, split.val)] * self.n_models
+        )
         fit_rows = np.sort(np.concatenate([split.train, split.val]))
         fit_f = features.iloc[positions[fit_rows]]
         self.preprocessor_ = Preprocessor(self.schema_, scaling=self.scaling).fit(
-            fit_f if self.cross_fit else features.iloc[positions[split.train]])
+            fit_f if self.cross_fit else features.iloc[positions[split.train]]
+        )
         self.model_config_ = replace(
-            ModelConfig.for_data(len(self.schema_.numeric), self.preprocessor_.cardinalities, self.hidden,
-                                 self.latent_dim),
+            ModelConfig.for_data(
+                len(self.schema_.numeric), self.preprocessor_.cardinalities, self.hidden, self.latent_dim
+            ),
             min_log_var=self.min_log_var,
             likelihood=self.likelihood,
         )
         tc = self.train_config or TrainConfig(seed=self.seed)
         fit_b = self.preprocessor_.transform(fit_f)
         # each member's train / validation rows as positions in fit_b
-        member_rows = [(torch.from_numpy(np.searchsorted(fit_rows, t)), torch.from_numpy(np.searchsorted(fit_rows, v)))
-                       for t, v in folds]
+        member_rows = [
+            (torch.from_numpy(np.searchsorted(fit_rows, t)), torch.from_numpy(np.searchsorted(fit_rows, v)))
+            for t, v in folds
+        ]
         self.models_, histories = [], []
         for i, (t, v) in enumerate(member_rows):
             model = TabularVAE(self.model_config_)
@@ -253,12 +265,17 @@ class VAEAnomalyDetector(DensityTerms):
         # A typical normal row's per-feature NLL: attribution reports each feature's excess over it.
         self.feature_nll_baseline_ = np.median(cal_nll, axis=0)
         self.threshold_ = conformal_threshold(self.calibration_scores_, self.alpha)
-        self.n_rows_ = {"train": len(split.train), "val": len(split.val), "cal": len(split.cal),
-                        "excluded_anomalies": int((~normal).sum())}
+        self.n_rows_ = {
+            "train": len(split.train),
+            "val": len(split.val),
+            "cal": len(split.cal),
+            "excluded_anomalies": int((~normal).sum()),
+        }
         return self
 
-    def _fit_latent_density(self, fit_b: TabularBatch, member_val: list[torch.Tensor],
-                            cal_b: TabularBatch) -> np.ndarray:
+    def _fit_latent_density(
+        self, fit_b: TabularBatch, member_val: list[torch.Tensor], cal_b: TabularBatch
+    ) -> np.ndarray:
         """Reference codes of each VAE and the medians / spreads of every score term on its validation rows.
 
         The references are all the normal rows of the training data: the rows the VAEs were fitted on
@@ -351,22 +368,29 @@ class VAEAnomalyDetector(DensityTerms):
         return (np.concatenate(scores) if scores else np.zeros(0)), self._join(parts)
 
     def _explain(self, features: pd.DataFrame) -> Explanation:
-        return self._join([self._explain_batch(b, self._passes(b, explain=True, search=False)[0])
-                           for b in self._batches(features)])
+        return self._join(
+            [self._explain_batch(b, self._passes(b, explain=True, search=False)[0]) for b in self._batches(features)]
+        )
 
     def _join(self, parts: list[Explanation]) -> Explanation:
         if not parts:
             k = len(self.schema_.features)
-            return Explanation(np.zeros((0, k)), np.zeros((0, k)), np.zeros((0, len(self.schema_.numeric))),
-                               [np.zeros(0, dtype=np.int64) for _ in self.schema_.categorical])
+            return Explanation(
+                np.zeros((0, k)),
+                np.zeros((0, k)),
+                np.zeros((0, len(self.schema_.numeric))),
+                [np.zeros(0, dtype=np.int64) for _ in self.schema_.categorical],
+            )
         return Explanation(
-            np.concatenate([p.nll for p in parts]), np.concatenate([p.excess for p in parts]),
+            np.concatenate([p.nll for p in parts]),
+            np.concatenate([p.excess for p in parts]),
             np.concatenate([p.expected_numeric for p in parts]),
             [np.concatenate([p.likely_codes[j] for p in parts]) for j in range(len(self.schema_.categorical))],
         )
 
-    def _passes(self, batch: TabularBatch, explain: bool, search: bool = True, own: np.ndarray | None = None
-                ) -> tuple[list[MemberPass], list[Future[np.ndarray]]]:
+    def _passes(
+        self, batch: TabularBatch, explain: bool, search: bool = True, own: np.ndarray | None = None
+    ) -> tuple[list[MemberPass], list[Future[np.ndarray]]]:
         """One :func:`vae.score.score_pass` per VAE of the ensemble; with the latent term on, each VAE's
         k-NN distances are searched in a background thread while the next VAE runs (both release the GIL).
 
@@ -444,16 +468,28 @@ class VAEAnomalyDetector(DensityTerms):
     # ---------------------------------------------------------- save / load
     def params(self) -> dict[str, Any]:
         return {
-            "alpha": self.alpha, "id_columns": list(self.id_columns), "label_column": self.label_column,
-            "categorical_columns": list(self.categorical_columns), "val_fraction": self.val_fraction,
-            "cal_fraction": self.cal_fraction, "hidden": self.hidden, "latent_dim": self.latent_dim,
-            "score_method": self.score_method, "n_draws": self.n_draws, "n_models": self.n_models,
+            "alpha": self.alpha,
+            "id_columns": list(self.id_columns),
+            "label_column": self.label_column,
+            "categorical_columns": list(self.categorical_columns),
+            "val_fraction": self.val_fraction,
+            "cal_fraction": self.cal_fraction,
+            "hidden": self.hidden,
+            "latent_dim": self.latent_dim,
+            "score_method": self.score_method,
+            "n_draws": self.n_draws,
+            "n_models": self.n_models,
             "cross_fit": self.cross_fit,
-            "latent_k": self.latent_k, "latent_weight": self.latent_weight,
-            "cosine_weight": self.cosine_weight, "centred_weight": self.centred_weight,
-            "conditional_groups": self.conditional_groups, "density_space": self.density_space,
-            "min_log_var": self.min_log_var, "scaling": self.scaling,
-            "likelihood": self.likelihood, "seed": self.seed,
+            "latent_k": self.latent_k,
+            "latent_weight": self.latent_weight,
+            "cosine_weight": self.cosine_weight,
+            "centred_weight": self.centred_weight,
+            "conditional_groups": self.conditional_groups,
+            "density_space": self.density_space,
+            "min_log_var": self.min_log_var,
+            "scaling": self.scaling,
+            "likelihood": self.likelihood,
+            "seed": self.seed,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -470,8 +506,9 @@ class VAEAnomalyDetector(DensityTerms):
             "model_config": self.model_config_.to_dict(),
             "threshold": self.threshold_,
             "score_scale": None if self.score_scale_ is None else self.score_scale_.tolist(),
-            "feature_nll_baseline": (None if self.feature_nll_baseline_ is None
-                                     else [float(v) for v in self.feature_nll_baseline_]),
+            "feature_nll_baseline": (
+                None if self.feature_nll_baseline_ is None else [float(v) for v in self.feature_nll_baseline_]
+            ),
             "n_rows": self.n_rows_,
             "histories": [asdict(h) for h in self.histories_],
         }
@@ -494,11 +531,21 @@ class VAEAnomalyDetector(DensityTerms):
                 raise ModelError(f"model format {meta.get('format_version')!r} is not {FORMAT_VERSION}")
             # models saved before the latent term scored without it; before density_space, in the latent space
             # ... and before the centred and conditional terms, without them
-            p = {"latent_k": 0, "density_space": "latent", "cosine_weight": 0.0, "centred_weight": 0.0,
-                 "conditional_groups": 0, "cross_fit": False, **meta["params"]}
+            p = {
+                "latent_k": 0,
+                "density_space": "latent",
+                "cosine_weight": 0.0,
+                "centred_weight": 0.0,
+                "conditional_groups": 0,
+                "cross_fit": False,
+                **meta["params"],
+            }
             tc = TrainConfig(**meta["train_config"]) if meta.get("train_config") else None
-            det = cls(**{k: v for k, v in p.items() if k not in ("hidden",)},
-                      hidden=tuple(p["hidden"]) if p.get("hidden") else None, train_config=tc)
+            det = cls(
+                **{k: v for k, v in p.items() if k not in ("hidden",)},
+                hidden=tuple(p["hidden"]) if p.get("hidden") else None,
+                train_config=tc,
+            )
             det.schema_ = Schema.from_dict(meta["schema"])
             det.preprocessor_ = Preprocessor.from_dict(det.schema_, meta["preprocessor"])
             det.model_config_ = ModelConfig.from_dict(meta["model_config"])
@@ -508,8 +555,10 @@ class VAEAnomalyDetector(DensityTerms):
         except ModelError:
             raise
         except pickle.UnpicklingError as e:  # weights_only=True refused a non-tensor object: never run it
-            raise ModelError(f"model weights in {d} refused: the file holds pickled objects other than tensors "
-                             "(weights load with torch.load(weights_only=True)); do not use this model") from e
+            raise ModelError(
+                f"model weights in {d} refused: the file holds pickled objects other than tensors "
+                "(weights load with torch.load(weights_only=True)); do not use this model"
+            ) from e
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
             raise ModelError(f"cannot load model from {d}: {type(e).__name__}: {e}") from e
         return det

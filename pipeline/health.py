@@ -108,8 +108,13 @@ class BatchHealth:
         return asdict(self)
 
 
-def batch_health(scores: np.ndarray | Sequence[np.ndarray] | KSCounter, calibration_scores: np.ndarray,
-                 flagged: int, expected_rate: float, warn_below: float = WARN_BELOW) -> BatchHealth:
+def batch_health(
+    scores: np.ndarray | Sequence[np.ndarray] | KSCounter,
+    calibration_scores: np.ndarray,
+    flagged: int,
+    expected_rate: float,
+    warn_below: float = WARN_BELOW,
+) -> BatchHealth:
     """Compare a batch's flag count and score distribution with what calibration predicts.
 
     ``scores``: one array, a streamed file's chunks (see :func:`ks_test`), or a :class:`KSCounter` of
@@ -124,20 +129,29 @@ def batch_health(scores: np.ndarray | Sequence[np.ndarray] | KSCounter, calibrat
     rate = min(max(expected_rate, 0.0), 1.0)
     binom_p = float(binomtest(int(flagged), m, rate).pvalue) if 0.0 < rate < 1.0 else 1.0
     ks = counter.result()
-    excess = (f"flagged {flagged} of {m} rows ({flagged / m:.2%}) where about {rate:.2%} was expected "
-              f"(binomial p={binom_p:.2g})")
+    excess = (
+        f"flagged {flagged} of {m} rows ({flagged / m:.2%}) where about {rate:.2%} was expected "
+        f"(binomial p={binom_p:.2g})"
+    )
     if ks.pvalue < warn_below:
-        warning = (f"batch looks shifted from the training data: its scores differ from the calibration scores "
-                   f"(KS={ks.statistic:.3f}, p={ks.pvalue:.2g})" + (f"; {excess}" if binom_p < warn_below else "")
-                   + ": recalibrate or retrain")
+        warning = (
+            f"batch looks shifted from the training data: its scores differ from the calibration scores "
+            f"(KS={ks.statistic:.3f}, p={ks.pvalue:.2g})"
+            + (f"; {excess}" if binom_p < warn_below else "")
+            + ": recalibrate or retrain"
+        )
     elif binom_p < warn_below and flagged > m * rate:
         # The bulk of the scores still matches calibration: many anomalies is as likely as a shift.
-        warning = (f"{excess}: this batch holds more anomalies than the false-positive rate explains; if most "
-                   "flagged rows look normal, it has shifted: recalibrate or retrain")
+        warning = (
+            f"{excess}: this batch holds more anomalies than the false-positive rate explains; if most "
+            "flagged rows look normal, it has shifted: recalibrate or retrain"
+        )
     elif binom_p < warn_below:
-        warning = (f"{excess}: fewer rows than the false-positive rate predicts score high, so the threshold is "
-                   "more conservative on this batch than calibrated (fewer false alarms, possibly missed "
-                   "anomalies); if this persists, recalibrate")
+        warning = (
+            f"{excess}: fewer rows than the false-positive rate predicts score high, so the threshold is "
+            "more conservative on this batch than calibrated (fewer false alarms, possibly missed "
+            "anomalies); if this persists, recalibrate"
+        )
     else:
         warning = ""
     return BatchHealth(m, int(flagged), rate, flagged / m, binom_p, float(ks.statistic), float(ks.pvalue), warning)

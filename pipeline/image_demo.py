@@ -30,8 +30,9 @@ def _write_png(pixels: np.ndarray, path: Path) -> None:
     Image.fromarray(pixels.astype(np.uint8)).save(path)
 
 
-def make_digit_images(out_dir: str | Path, normal_digit: int = 0, per_anomaly_digit: int = 10,
-                      n_new_normal: int = 40, seed: int = 7) -> ImageDemoFiles:
+def make_digit_images(
+    out_dir: str | Path, normal_digit: int = 0, per_anomaly_digit: int = 10, n_new_normal: int = 40, seed: int = 7
+) -> ImageDemoFiles:
     """Write the demo's PNGs into ``out_dir``: ``train/``, ``new_batch/<digit>/`` and the labels CSV.
 
     Args:

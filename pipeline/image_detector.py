@@ -75,11 +75,26 @@ class ImageVAEDetector(DensityTerms):
 
     kind = "image"
 
-    def __init__(self, *, alpha: float = 0.01, latent_dim: int = 16, conv_channels: tuple[int, int] = (16, 32),
-                 hidden: int = 256, likelihood: str = "gaussian", score_method: str = "recon", n_draws: int = 16,
-                 n_models: int = 1, latent_k: int = 5, latent_weight: float = 2.0, cosine_weight: float = 4.0,
-                 density_space: str = "conv", val_fraction: float = 0.15, cal_fraction: float = 0.2,
-                 train_config: ImageTrainConfig | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.01,
+        latent_dim: int = 16,
+        conv_channels: tuple[int, int] = (16, 32),
+        hidden: int = 256,
+        likelihood: str = "gaussian",
+        score_method: str = "recon",
+        n_draws: int = 16,
+        n_models: int = 1,
+        latent_k: int = 5,
+        latent_weight: float = 2.0,
+        cosine_weight: float = 4.0,
+        density_space: str = "conv",
+        val_fraction: float = 0.15,
+        cal_fraction: float = 0.2,
+        train_config: ImageTrainConfig | None = None,
+        seed: int = 0,
+    ) -> None:
         self.alpha = alpha
         self.latent_dim = latent_dim
         self.conv_channels = conv_channels
@@ -114,20 +129,30 @@ class ImageVAEDetector(DensityTerms):
         if self.density_space not in DENSITY_SPACES:
             raise InputError(f"density_space must be one of {DENSITY_SPACES}, got {self.density_space!r}")
         if self.latent_k < 0 or not self.latent_weight >= 0 or not self.cosine_weight >= 0:
-            raise InputError(f"latent_k, latent_weight and cosine_weight must be >= 0, got {self.latent_k!r}, "
-                             f"{self.latent_weight!r} and {self.cosine_weight!r}")
+            raise InputError(
+                f"latent_k, latent_weight and cosine_weight must be >= 0, got {self.latent_k!r}, "
+                f"{self.latent_weight!r} and {self.cosine_weight!r}"
+            )
         X = _as_images(X)
         n = len(X)
         need = min_calibration_rows(self.alpha)
         if round(n * self.cal_fraction) < need:
-            raise InputError(f"alpha={self.alpha} needs at least {need} calibration images, so at least "
-                             f"{int(np.ceil(need / self.cal_fraction))} training images "
-                             f"({self.cal_fraction:.0%} are held out to calibrate); got {n}")
+            raise InputError(
+                f"alpha={self.alpha} needs at least {need} calibration images, so at least "
+                f"{int(np.ceil(need / self.cal_fraction))} training images "
+                f"({self.cal_fraction:.0%} are held out to calibrate); got {n}"
+            )
         split = split_rows(n, self.val_fraction, self.cal_fraction, self.seed)
         c, h, w = X.shape[1:]
-        self.config_ = ConvVAEConfig(channels=c, height=h, width=w, latent_dim=self.latent_dim,
-                                     conv_channels=tuple(self.conv_channels), hidden=self.hidden,
-                                     likelihood=self.likelihood)
+        self.config_ = ConvVAEConfig(
+            channels=c,
+            height=h,
+            width=w,
+            latent_dim=self.latent_dim,
+            conv_channels=tuple(self.conv_channels),
+            hidden=self.hidden,
+            likelihood=self.likelihood,
+        )
         tc = self.train_config or ImageTrainConfig()
         train_t, val_t = torch.from_numpy(X[split.train]), torch.from_numpy(X[split.val])
         self.models_, self.histories_ = [], []
@@ -185,8 +210,13 @@ class ImageVAEDetector(DensityTerms):
 
     def _member_scores(self, model: ConvVAE, X: np.ndarray) -> np.ndarray:
         """(n,) the ``score_method`` score of one VAE, in nats, float64."""
-        parts = [score_images(model, torch.from_numpy(X[s : s + CHUNK]), self.score_method, self.n_draws)
-                 .double().cpu().numpy() for s in range(0, len(X), CHUNK)]
+        parts = [
+            score_images(model, torch.from_numpy(X[s : s + CHUNK]), self.score_method, self.n_draws)
+            .double()
+            .cpu()
+            .numpy()
+            for s in range(0, len(X), CHUNK)
+        ]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def score_terms(self, X: np.ndarray, own: np.ndarray | None = None) -> list[tuple[np.ndarray, list[np.ndarray]]]:
@@ -200,8 +230,10 @@ class ImageVAEDetector(DensityTerms):
         for i, m in enumerate(self.models_):
             scale = self.score_scale_[i]
             rec = (self._member_scores(m, X) - scale[0]) / scale[1]
-            terms = [(d - scale[2 + 2 * j]) / scale[3 + 2 * j]
-                     for j, d in enumerate(self._distances(i, self._density_codes(m, X), own))]
+            terms = [
+                (d - scale[2 + 2 * j]) / scale[3 + 2 * j]
+                for j, d in enumerate(self._distances(i, self._density_codes(m, X), own))
+            ]
             out.append((rec, terms))
         return out
 
@@ -212,7 +244,7 @@ class ImageVAEDetector(DensityTerms):
 
     @property
     def image_mode(self) -> str:
-        """"L" (grey) or "RGB": what images are converted to before scoring."""
+        """ "L" (grey) or "RGB": what images are converted to before scoring."""
         return "RGB" if self.config_.channels == 3 else "L"
 
     @property
@@ -224,8 +256,10 @@ class ImageVAEDetector(DensityTerms):
         X = _as_images(X)
         want = (self.config_.channels, self.config_.height, self.config_.width)
         if X.shape[1:] != want:
-            raise InputError(f"images of shape {X.shape[1:]} (C, H, W), the model expects {want}: read them with "
-                             f"pipeline.images.read_images(..., mode={self.image_mode!r}, size={self.image_size})")
+            raise InputError(
+                f"images of shape {X.shape[1:]} (C, H, W), the model expects {want}: read them with "
+                f"pipeline.images.read_images(..., mode={self.image_mode!r}, size={self.image_size})"
+            )
         return X
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
@@ -242,8 +276,10 @@ class ImageVAEDetector(DensityTerms):
         if not self.latent_k:
             return np.mean([self._member_scores(m, X) for m in self.models_], axis=0)
         weights = self.density_weights()
-        return np.mean([rec + sum(w * t for w, t in zip(weights, terms, strict=True))
-                        for rec, terms in self.score_terms(X, own)], axis=0)
+        return np.mean(
+            [rec + sum(w * t for w, t in zip(weights, terms, strict=True)) for rec, terms in self.score_terms(X, own)],
+            axis=0,
+        )
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """(n,) 0/1 labels: 1 where the score is above the calibrated threshold."""
@@ -257,8 +293,10 @@ class ImageVAEDetector(DensityTerms):
         parts = [reconstruct(self.models_[0], torch.from_numpy(X[s : s + CHUNK])) for s in range(0, len(X), CHUNK)]
         if not parts:
             return np.zeros((0, *X.shape[1:]), np.float32), np.zeros((0, *X.shape[2:]), np.float32)
-        return (np.concatenate([p[0].float().cpu().numpy() for p in parts]),
-                np.concatenate([p[1].float().cpu().numpy() for p in parts]))
+        return (
+            np.concatenate([p[0].float().cpu().numpy() for p in parts]),
+            np.concatenate([p[1].float().cpu().numpy() for p in parts]),
+        )
 
     @torch.no_grad()
     def encode(self, X: np.ndarray) -> np.ndarray:
@@ -267,8 +305,9 @@ class ImageVAEDetector(DensityTerms):
         m = self.models_[0].eval()
         if not len(X):
             return np.zeros((0, self.config_.latent_dim), np.float32)
-        return np.concatenate([m.encode(torch.from_numpy(X[s : s + CHUNK]))[0].float().numpy()
-                               for s in range(0, len(X), CHUNK)])
+        return np.concatenate(
+            [m.encode(torch.from_numpy(X[s : s + CHUNK]))[0].float().numpy() for s in range(0, len(X), CHUNK)]
+        )
 
     @torch.no_grad()
     def decode(self, Z: np.ndarray) -> np.ndarray:
@@ -284,24 +323,40 @@ class ImageVAEDetector(DensityTerms):
 
     # ---------------------------------------------------------- save / load
     def params(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "latent_dim": self.latent_dim, "conv_channels": list(self.conv_channels),
-                "hidden": self.hidden, "likelihood": self.likelihood, "score_method": self.score_method,
-                "n_draws": self.n_draws, "n_models": self.n_models, "latent_k": self.latent_k,
-                "latent_weight": self.latent_weight, "cosine_weight": self.cosine_weight,
-                "density_space": self.density_space,
-                "val_fraction": self.val_fraction,
-                "cal_fraction": self.cal_fraction, "seed": self.seed}
+        return {
+            "alpha": self.alpha,
+            "latent_dim": self.latent_dim,
+            "conv_channels": list(self.conv_channels),
+            "hidden": self.hidden,
+            "likelihood": self.likelihood,
+            "score_method": self.score_method,
+            "n_draws": self.n_draws,
+            "n_models": self.n_models,
+            "latent_k": self.latent_k,
+            "latent_weight": self.latent_weight,
+            "cosine_weight": self.cosine_weight,
+            "density_space": self.density_space,
+            "val_fraction": self.val_fraction,
+            "cal_fraction": self.cal_fraction,
+            "seed": self.seed,
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted detector to a folder: JSON metadata, .npy scores, tensor-only weights."""
         self._check_fitted()
         d = Path(path)
         d.mkdir(parents=True, exist_ok=True)
-        meta = {"format_version": FORMAT_VERSION, "kind": self.kind, "params": self.params(),
-                "train_config": self.train_config.to_dict() if self.train_config else None,
-                "model_config": self.config_.to_dict(), "threshold": self.threshold_, "n_rows": self.n_rows_,
-                "score_scale": None if self.score_scale_ is None else self.score_scale_.tolist(),
-                "histories": [h.__dict__ for h in self.histories_]}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "params": self.params(),
+            "train_config": self.train_config.to_dict() if self.train_config else None,
+            "model_config": self.config_.to_dict(),
+            "threshold": self.threshold_,
+            "n_rows": self.n_rows_,
+            "score_scale": None if self.score_scale_ is None else self.score_scale_.tolist(),
+            "histories": [h.__dict__ for h in self.histories_],
+        }
         return write_model_files(d, META_FILE, meta, self)
 
     @classmethod
@@ -342,8 +397,12 @@ def _posterior_means(model: ConvVAE, X: np.ndarray) -> np.ndarray:
     device = next(model.parameters()).device
     if not len(X):
         return np.zeros((0, model.config.latent_dim), np.float32)
-    return np.concatenate([model.encode(torch.from_numpy(X[s : s + CHUNK]).to(device))[0].float().cpu().numpy()
-                           for s in range(0, len(X), CHUNK)])
+    return np.concatenate(
+        [
+            model.encode(torch.from_numpy(X[s : s + CHUNK]).to(device))[0].float().cpu().numpy()
+            for s in range(0, len(X), CHUNK)
+        ]
+    )
 
 
 @torch.no_grad()
@@ -366,8 +425,10 @@ def _as_images(X: np.ndarray) -> np.ndarray:
     """X as contiguous float32 (n, C, H, W), checked."""
     X = np.asarray(X)
     if X.dtype == object or X.ndim != 4:
-        raise InputError(f"images must be one array of shape (n, C, H, W), got {X.dtype} array of shape {X.shape}: "
-                         "read images of mixed sizes with a size to resize them to")
+        raise InputError(
+            f"images must be one array of shape (n, C, H, W), got {X.dtype} array of shape {X.shape}: "
+            "read images of mixed sizes with a size to resize them to"
+        )
     if X.dtype == np.uint8:
         X = X.astype(np.float32) / 255.0
     return np.ascontiguousarray(X, dtype=np.float32)

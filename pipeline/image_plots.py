@@ -41,8 +41,15 @@ def _save(fig, path: str | Path) -> Path:
     return p
 
 
-def contact_sheet(originals: np.ndarray, recons: np.ndarray, errors: np.ndarray, scores: np.ndarray,
-                  names: Sequence[str], threshold: float, path: str | Path) -> Path:
+def contact_sheet(
+    originals: np.ndarray,
+    recons: np.ndarray,
+    errors: np.ndarray,
+    scores: np.ndarray,
+    names: Sequence[str],
+    threshold: float,
+    path: str | Path,
+) -> Path:
     """PNG of the given (most anomalous) images: one row each, original | reconstruction | error heat map.
 
     Args:
@@ -52,8 +59,9 @@ def contact_sheet(originals: np.ndarray, recons: np.ndarray, errors: np.ndarray,
     """
     plt = _plt()
     k = len(originals)
-    fig, axes = plt.subplots(max(k, 1), 3, figsize=(6.0, 1.6 * max(k, 1) + 0.6), dpi=80, squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        max(k, 1), 3, figsize=(6.0, 1.6 * max(k, 1) + 0.6), dpi=80, squeeze=False, layout="constrained"
+    )
     vmax = float(np.quantile(errors, 0.995)) if k else 1.0
     for i in range(k):
         _show(axes[i, 0], originals[i])
@@ -72,8 +80,9 @@ def contact_sheet(originals: np.ndarray, recons: np.ndarray, errors: np.ndarray,
     return _save(fig, path)
 
 
-def image_grid(images: np.ndarray, path: str | Path, title: str, ncols: int = 8,
-               labels: Sequence[str] | None = None) -> Path:
+def image_grid(
+    images: np.ndarray, path: str | Path, title: str, ncols: int = 8, labels: Sequence[str] | None = None
+) -> Path:
     """PNG of images (n, C, H, W) in [0, 1] on a grid with ``ncols`` columns."""
     plt = _plt()
     n = len(images)
@@ -90,8 +99,9 @@ def image_grid(images: np.ndarray, path: str | Path, title: str, ncols: int = 8,
     return _save(fig, path)
 
 
-def reconstruction_pairs(originals: np.ndarray, recons: np.ndarray, scores: np.ndarray, names: Sequence[str],
-                         path: str | Path) -> Path:
+def reconstruction_pairs(
+    originals: np.ndarray, recons: np.ndarray, scores: np.ndarray, names: Sequence[str], path: str | Path
+) -> Path:
     """PNG with one column per image: original above, reconstruction below, score as the title."""
     plt = _plt()
     n = len(originals)
@@ -134,8 +144,9 @@ def latent_scatter_2d(z: np.ndarray, colour: np.ndarray, colour_name: str, path:
     return _save(fig, path)
 
 
-def latent_scatter_3d_html(z: np.ndarray, colour: np.ndarray, colour_name: str, names: Sequence[str],
-                           path: str | Path) -> Path:
+def latent_scatter_3d_html(
+    z: np.ndarray, colour: np.ndarray, colour_name: str, names: Sequence[str], path: str | Path
+) -> Path:
     """Interactive 3-D scatter (self-contained HTML) of posterior means (n, d >= 3), coloured by label or flag."""
     import plotly.graph_objects as go
 
@@ -143,10 +154,21 @@ def latent_scatter_3d_html(z: np.ndarray, colour: np.ndarray, colour_name: str, 
     fig = go.Figure()
     for value in np.unique(colour):
         m = colour == value
-        fig.add_trace(go.Scatter3d(x=xyz[m, 0], y=xyz[m, 1], z=xyz[m, 2], mode="markers", marker={"size": 2},
-                                   name=f"{colour_name}={value}", text=[names[i] for i in np.flatnonzero(m)]))
-    fig.update_layout(title=f"latent space: posterior means mu(x), {how}",
-                      scene={"xaxis_title": "axis 1", "yaxis_title": "axis 2", "zaxis_title": "axis 3"})
+        fig.add_trace(
+            go.Scatter3d(
+                x=xyz[m, 0],
+                y=xyz[m, 1],
+                z=xyz[m, 2],
+                mode="markers",
+                marker={"size": 2},
+                name=f"{colour_name}={value}",
+                text=[names[i] for i in np.flatnonzero(m)],
+            )
+        )
+    fig.update_layout(
+        title=f"latent space: posterior means mu(x), {how}",
+        scene={"xaxis_title": "axis 1", "yaxis_title": "axis 2", "zaxis_title": "axis 3"},
+    )
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(str(p), include_plotlyjs=True, full_html=True)

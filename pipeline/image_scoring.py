@@ -69,8 +69,15 @@ def build_image_report(images: ImageSet, scores: np.ndarray, flags: Any) -> pd.D
     p[ok] = flags.p_value
     flag = np.full(n, None, dtype=object)
     flag[ok] = [int(v) for v in flags.is_anomaly]
-    out = pd.DataFrame({"path": [neutralise_cell(x) for x in images.paths], "score": score,
-                        "threshold": float(flags.threshold), "is_anomaly": flag, "p_value": p})
+    out = pd.DataFrame(
+        {
+            "path": [neutralise_cell(x) for x in images.paths],
+            "score": score,
+            "threshold": float(flags.threshold),
+            "is_anomaly": flag,
+            "p_value": p,
+        }
+    )
     if flags.q_value is not None:
         q = np.full(n, np.nan)
         q[ok] = flags.q_value
@@ -80,9 +87,14 @@ def build_image_report(images: ImageSet, scores: np.ndarray, flags: Any) -> pd.D
 
 
 def score_images_batch(
-    det: ImageVAEDetector, source: str | Path | Sequence[str | Path], out_dir: str | Path,
-    model_uri: str = "", model_name: str | None = None, model_version: str | None = None,
-    rule: FlagRule | None = None, top_k: int = 16,
+    det: ImageVAEDetector,
+    source: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    model_uri: str = "",
+    model_name: str | None = None,
+    model_version: str | None = None,
+    rule: FlagRule | None = None,
+    top_k: int = 16,
 ) -> ImageSummary:
     """Score one batch of images; write ``<out>/<name>.anomalies.csv`` and ``<name>.contact_sheet.png``.
 
@@ -101,8 +113,10 @@ def score_images_batch(
     out = Path(out_dir)
     target = out / f"{name}{REPORT_SUFFIX}"
     if not images.ok.any():
-        raise InputError(f"{images.root}: none of the {len(images)} images could be decoded "
-                         f"(first: {images.paths[0]}: {images.errors[0]})")
+        raise InputError(
+            f"{images.root}: none of the {len(images)} images could be decoded "
+            f"(first: {images.paths[0]}: {images.errors[0]})"
+        )
     scores = det.score_samples(images.pixels)
     flags = apply_rule(rule, scores, det.calibration_scores_)
     report = build_image_report(images, scores, flags)
@@ -126,15 +140,31 @@ def score_images_batch(
     flagged = int(flags.is_anomaly.sum())
     return ImageSummary(
         input=str(source if isinstance(source, str | Path) else ", ".join(str(s) for s in source)),
-        report=str(target), contact_sheet=None if sheet is None else str(sheet), rows=len(images),
-        scored=int(images.ok.sum()), errors=n_err, flagged=flagged, flagged_fraction=flagged / len(scores),
-        threshold=float(flags.threshold), rule=rule.describe(), alpha=det.alpha, input_sha256=digest(images),
-        model_uri=model_uri, model_name=model_name, model_version=model_version,
-        auroc=None, seconds=time.perf_counter() - t0, health=health.to_dict(), metrics=metrics, notes=notes)
+        report=str(target),
+        contact_sheet=None if sheet is None else str(sheet),
+        rows=len(images),
+        scored=int(images.ok.sum()),
+        errors=n_err,
+        flagged=flagged,
+        flagged_fraction=flagged / len(scores),
+        threshold=float(flags.threshold),
+        rule=rule.describe(),
+        alpha=det.alpha,
+        input_sha256=digest(images),
+        model_uri=model_uri,
+        model_name=model_name,
+        model_version=model_version,
+        auroc=None,
+        seconds=time.perf_counter() - t0,
+        health=health.to_dict(),
+        metrics=metrics,
+        notes=notes,
+    )
 
 
-def _contact_sheet(det: ImageVAEDetector, images: ImageSet, scores: np.ndarray, threshold: float, path: Path,
-                   top_k: int) -> Path | None:
+def _contact_sheet(
+    det: ImageVAEDetector, images: ImageSet, scores: np.ndarray, threshold: float, path: Path, top_k: int
+) -> Path | None:
     if top_k <= 0:
         return None
     top = np.argsort(-scores, kind="stable")[:top_k]
@@ -146,8 +176,9 @@ def _contact_sheet(det: ImageVAEDetector, images: ImageSet, scores: np.ndarray, 
 def evaluate_labels(report: pd.DataFrame, labels: np.ndarray) -> dict[str, Any]:
     """Labelled metrics (1 = anomaly) of a report's decoded rows; labels (n,) in report order."""
     ok = report["error"].fillna("").eq("").to_numpy()
-    return labelled_metrics(np.asarray(labels)[ok], report["score"].to_numpy()[ok],
-                            report["is_anomaly"].to_numpy()[ok].astype(int))
+    return labelled_metrics(
+        np.asarray(labels)[ok], report["score"].to_numpy()[ok], report["is_anomaly"].to_numpy()[ok].astype(int)
+    )
 
 
 def write_image_summary(summary: ImageSummary, path: str | Path) -> Path:

@@ -105,8 +105,11 @@ def _glob_root(pattern: str) -> Path:
 
 def image_files(folder: Path) -> list[Path]:
     """Image files under ``folder``, searched recursively, sorted by relative path (hidden files skipped)."""
-    files = [p for p in folder.rglob("*") if p.is_file() and is_image_file(p)
-             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    files = [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
 
@@ -129,8 +132,10 @@ def resolve_inputs(inputs: Sequence[str | Path]) -> tuple[Path, list[Path]]:
         if not p.exists():
             raise InputError(f"input not found: {p}")
         if not is_image_file(p):
-            raise InputError(f"unsupported image file {p}: expected one of {', '.join(IMAGE_SUFFIXES)}, "
-                             "a folder of them, or an IDX/.npz array file")
+            raise InputError(
+                f"unsupported image file {p}: expected one of {', '.join(IMAGE_SUFFIXES)}, "
+                "a folder of them, or an IDX/.npz array file"
+            )
         files.append(p)
     seen, unique = set(), []
     for f in files:  # an image named twice (a file and a glob) is read once
@@ -227,8 +232,10 @@ def read_idx(path: Path) -> np.ndarray:
     if magic != 2051:
         raise InputError(f"{path} is not an IDX image file: magic number {magic}, expected 2051 (0x00000803)")
     if len(raw) != 16 + n * h * w:
-        raise InputError(f"{path} is truncated: header says {n} images of {h}x{w} ({16 + n * h * w} bytes), "
-                         f"file has {len(raw)} bytes")
+        raise InputError(
+            f"{path} is truncated: header says {n} images of {h}x{w} ({16 + n * h * w} bytes), "
+            f"file has {len(raw)} bytes"
+        )
     return np.frombuffer(raw, np.uint8, offset=16).reshape(n, h, w)
 
 
@@ -262,8 +269,9 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if key is None:
         cands = [k for k, a in arrays.items() if a.ndim in (3, 4)]
         if len(cands) != 1:
-            raise InputError(f"{path}: expected an image array named one of {list(NPZ_IMAGE_KEYS)}, "
-                             f"found arrays {sorted(arrays)}")
+            raise InputError(
+                f"{path}: expected an image array named one of {list(NPZ_IMAGE_KEYS)}, found arrays {sorted(arrays)}"
+            )
         key = cands[0]
     x = arrays[key]
     if not (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] in (1, 3))):
@@ -276,8 +284,9 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return x, (None if lab is None else np.asarray(lab).astype(np.int64))
 
 
-def _arrays_to_set(root: Path, x: np.ndarray, labels: np.ndarray | None, mode: str | None,
-                   size: tuple[int, int] | None) -> ImageSet:
+def _arrays_to_set(
+    root: Path, x: np.ndarray, labels: np.ndarray | None, mode: str | None, size: tuple[int, int] | None
+) -> ImageSet:
     """(n, H, W[, C]) pixel array -> ImageSet, converted to mode / size with the same rule as files."""
     from PIL import Image
 
@@ -291,17 +300,26 @@ def _arrays_to_set(root: Path, x: np.ndarray, labels: np.ndarray | None, mode: s
         notes.append(f"converted RGB->L ({len(unit)} images)")
     if size is not None and unit.shape[2:] != tuple(size):
         notes.append(f"resized {unit.shape[2]}x{unit.shape[3]}->{size[0]}x{size[1]} ({len(unit)} images)")
-        unit = np.stack([np.stack([np.asarray(Image.fromarray(ch).resize((size[1], size[0]),
-                                                                          Image.Resampling.BILINEAR))
-                                   for ch in img]) for img in unit]).astype(np.float32)
+        unit = np.stack(
+            [
+                np.stack(
+                    [
+                        np.asarray(Image.fromarray(ch).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+                        for ch in img
+                    ]
+                )
+                for img in unit
+            ]
+        ).astype(np.float32)
         unit = np.clip(unit, 0.0, 1.0)
     name = root.name
     paths = [f"{name}#{i}" for i in range(len(unit))]
     return ImageSet(root, paths, np.ascontiguousarray(unit, dtype=np.float32), [""] * len(unit), labels, notes)
 
 
-def read_images(source: str | Path | Sequence[str | Path], mode: str | None = None,
-                size: tuple[int, int] | None = None) -> ImageSet:
+def read_images(
+    source: str | Path | Sequence[str | Path], mode: str | None = None, size: tuple[int, int] | None = None
+) -> ImageSet:
     """Read one batch of images.
 
     Args:
@@ -377,8 +395,10 @@ def dominant_format(images: ImageSet) -> tuple[str, tuple[int, int]]:
     most common size (ties: the larger)."""
     arrays = list(images.pixels)
     if not arrays:
-        raise InputError(f"{images.root}: none of the {len(images)} images could be decoded "
-                         f"(first error: {next((e for e in images.errors if e), '')})")
+        raise InputError(
+            f"{images.root}: none of the {len(images)} images could be decoded "
+            f"(first error: {next((e for e in images.errors if e), '')})"
+        )
     mode = "RGB" if any(a.shape[0] == 3 for a in arrays) else "L"
     sizes = Counter(a.shape[1:] for a in arrays)
     size = max(sizes, key=lambda s: (sizes[s], s[0] * s[1]))

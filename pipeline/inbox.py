@@ -128,8 +128,9 @@ def _ignored(name: str) -> bool:
     return name.startswith((".", "~")) or name.lower().endswith(PARTIAL_SUFFIXES) or name.endswith(REASON_SUFFIX)
 
 
-def discover(inbox: str | Path, kinds: list[str] | tuple[str, ...] = ("table",),
-             exclude: tuple[Path, ...] = ()) -> list[Item]:
+def discover(
+    inbox: str | Path, kinds: list[str] | tuple[str, ...] = ("table",), exclude: tuple[Path, ...] = ()
+) -> list[Item]:
     """Every item in ``inbox`` (recursively), sorted by relative path.
 
     Hidden names (``.x``, ``~x``) and partial-download names (``*.part``, ``*.tmp``...) are skipped, as
@@ -153,8 +154,9 @@ def discover(inbox: str | Path, kinds: list[str] | tuple[str, ...] = ("table",),
     return sorted(items, key=lambda i: i.rel)
 
 
-def _walk(base: Path, folder: Path, file_kinds: dict[str, str], folder_kinds: list[Kind],
-          skip: set[Path]) -> Iterator[Item]:
+def _walk(
+    base: Path, folder: Path, file_kinds: dict[str, str], folder_kinds: list[Kind], skip: set[Path]
+) -> Iterator[Item]:
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as e:
@@ -187,8 +189,7 @@ def _walk(base: Path, folder: Path, file_kinds: dict[str, str], folder_kinds: li
 def _holds(folder: Path, kind: Kind) -> bool:
     """Whether ``folder`` directly holds at least one file of ``kind`` (then it is one item)."""
     try:
-        return any(f.is_file() and f.suffix.lower() in kind.suffixes and not _ignored(f.name)
-                   for f in folder.iterdir())
+        return any(f.is_file() and f.suffix.lower() in kind.suffixes and not _ignored(f.name) for f in folder.iterdir())
     except OSError:
         return False
 
@@ -288,8 +289,10 @@ def quarantine(item: Item, quarantine_dir: str | Path, reason: str, sha256: str)
         dest = safe_join(quarantine_dir, str(rel.with_name(f"{rel.stem}.{sha256[:12]}{rel.suffix}")))
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(item.path, dest)
-    note = (f"file: {item.rel}\nsha256: {sha256}\nquarantined: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
-            f"\nreason: {reason}\n")
+    note = (
+        f"file: {item.rel}\nsha256: {sha256}\nquarantined: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        f"\nreason: {reason}\n"
+    )
     write_text_atomic(note, dest.with_name(dest.name + REASON_SUFFIX))
     return dest
 
@@ -299,9 +302,15 @@ Scorer = Callable[[Path, Path], dict[str, Any]]
 least ``report`` and ``input_sha256`` (and ``model_uri``, ``model_version``)."""
 
 
-def score_table(det: VAEAnomalyDetector, path: Path, out_dir: Path, model_uri: str = "",
-                model_name: str | None = None, model_version: str | None = None,
-                rule: FlagRule | None = None) -> dict[str, Any]:
+def score_table(
+    det: VAEAnomalyDetector,
+    path: Path,
+    out_dir: Path,
+    model_uri: str = "",
+    model_name: str | None = None,
+    model_version: str | None = None,
+    rule: FlagRule | None = None,
+) -> dict[str, Any]:
     """Score one table into ``<out_dir>/<stem>.anomalies.csv`` and ``<stem>.summary.json``; the summary.
 
     Raises:
@@ -318,8 +327,14 @@ def score_table(det: VAEAnomalyDetector, path: Path, out_dir: Path, model_uri: s
     return s.to_dict()
 
 
-def process_item(item: Item, manifest: Manifest, scorer: Scorer, outbox: str | Path, quarantine_dir: str | Path,
-                 run_id: str | None = None) -> Outcome:
+def process_item(
+    item: Item,
+    manifest: Manifest,
+    scorer: Scorer,
+    outbox: str | Path,
+    quarantine_dir: str | Path,
+    run_id: str | None = None,
+) -> Outcome:
     """Claim ``item``, score it, record the outcome.
 
     An item's content is scored once: concurrent runs skip it while claimed, later runs once final; only a
@@ -340,11 +355,21 @@ def process_item(item: Item, manifest: Manifest, scorer: Scorer, outbox: str | P
     if item.refused is not None:
         return _quarantine(item, manifest, claim, quarantine_dir, f"refused: {item.refused}")
     if claim.clash is not None:
-        return _quarantine(item, manifest, claim, quarantine_dir,
-                           f"refused: its report {report} belongs to {claim.clash}: rename one of the two files")
+        return _quarantine(
+            item,
+            manifest,
+            claim,
+            quarantine_dir,
+            f"refused: its report {report} belongs to {claim.clash}: rename one of the two files",
+        )
     if claim.attempt > manifest.max_attempts:  # earlier attempts were killed mid-way (e.g. out of memory)
-        return _quarantine(item, manifest, claim, quarantine_dir,
-                           f"{claim.attempt - 1} attempts never finished (the scoring process died)")
+        return _quarantine(
+            item,
+            manifest,
+            claim,
+            quarantine_dir,
+            f"{claim.attempt - 1} attempts never finished (the scoring process died)",
+        )
     with manifest.hold(claim):
         try:
             summary = scorer(item.path, out_dir_for(outbox, item.rel))
@@ -365,20 +390,28 @@ def _record(item: Item, manifest: Manifest, claim: Claim, summary: dict[str, Any
     except OSError:
         now = (-1, -1)
     if now != (fp.size, fp.mtime_ns) or summary.get("input_sha256", fp.sha256) != fp.sha256:
-        error = (f"{item.rel} changed while it was scored (sha256 {fp.sha256[:12]} when claimed): report "
-                 "withdrawn; the new content is scored once it settles")
-        for p in (Path(summary["report"]), Path(summary["report"]).with_name(
-                Path(summary["report"]).name.replace(REPORT_SUFFIX, ".summary.json"))):
+        error = (
+            f"{item.rel} changed while it was scored (sha256 {fp.sha256[:12]} when claimed): report "
+            "withdrawn; the new content is scored once it settles"
+        )
+        for p in (
+            Path(summary["report"]),
+            Path(summary["report"]).with_name(Path(summary["report"]).name.replace(REPORT_SUFFIX, ".summary.json")),
+        ):
             p.unlink(missing_ok=True)
         manifest.finish(claim, "changed", error=error)
         log.warning(error)
         return Outcome(item.rel, "changed", error=error, attempt=claim.attempt, sha256=fp.sha256)
-    held = manifest.finish(claim, "done", report=summary["report"], model_uri=summary.get("model_uri"),
-                           model_version=summary.get("model_version"))
+    held = manifest.finish(
+        claim,
+        "done",
+        report=summary["report"],
+        model_uri=summary.get("model_uri"),
+        model_version=summary.get("model_version"),
+    )
     if not held:  # our lease expired and another run took the file over: its record stands
         log.warning("%s: claim lost to another run while scoring; its record stands", item.rel)
-    return Outcome(item.rel, "done", report=summary["report"], attempt=claim.attempt, sha256=fp.sha256,
-                   summary=summary)
+    return Outcome(item.rel, "done", report=summary["report"], attempt=claim.attempt, sha256=fp.sha256, summary=summary)
 
 
 def _quarantine(item: Item, manifest: Manifest, claim: Claim, quarantine_dir: str | Path, reason: str) -> Outcome:
@@ -395,8 +428,13 @@ def _quarantine(item: Item, manifest: Manifest, claim: Claim, quarantine_dir: st
 
 def _skipped(skip: Skip, item: Item, fp: Fingerprint) -> Outcome:
     if skip.reason == "duplicate":
-        return Outcome(item.rel, "duplicate", report=skip.detail or None, sha256=fp.sha256,
-                       error="same bytes as a file already scored: not scored again")
+        return Outcome(
+            item.rel,
+            "duplicate",
+            report=skip.detail or None,
+            sha256=fp.sha256,
+            error="same bytes as a file already scored: not scored again",
+        )
     return Outcome(item.rel, "skipped", sha256=fp.sha256, error=f"{skip.reason} {skip.detail}".strip())
 
 

@@ -23,8 +23,27 @@ SUPPORTED = sorted(CSV_SUFFIXES | PARQUET_SUFFIXES | NPZ_SUFFIXES)
 NPZ_LABEL = "label"
 BOM = "\ufeff"
 # pandas' default missing-value markers: applied to feature columns, never to id columns (kept verbatim).
-NA_TEXT = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
-           "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+NA_TEXT = [
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+]
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -106,7 +125,9 @@ def _checked_columns(p: Path, df: pd.DataFrame) -> pd.DataFrame:
 
 
 def iter_table(
-    path: str | Path, str_columns: Sequence[str] = (), chunk_rows: int = 65536,
+    path: str | Path,
+    str_columns: Sequence[str] = (),
+    chunk_rows: int = 65536,
     position: Callable[[float], None] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Stream a CSV, Parquet or .npz file as DataFrames of at most ``chunk_rows`` rows, in order.
@@ -131,10 +152,13 @@ def iter_table(
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows!r}")
     p = _check_file(path)
     suffix = p.suffix.lower()
-    chunks = (_iter_csv(p, "\t" if suffix == ".tsv" else ",", str_columns, chunk_rows, position)
-              if suffix in CSV_SUFFIXES else
-              _iter_parquet(p, str_columns, chunk_rows, position) if suffix in PARQUET_SUFFIXES else
-              iter([read_table(p, str_columns)]))
+    chunks = (
+        _iter_csv(p, "\t" if suffix == ".tsv" else ",", str_columns, chunk_rows, position)
+        if suffix in CSV_SUFFIXES
+        else _iter_parquet(p, str_columns, chunk_rows, position)
+        if suffix in PARQUET_SUFFIXES
+        else iter([read_table(p, str_columns)])
+    )
     start = 0
     while True:
         try:
@@ -152,8 +176,9 @@ def iter_table(
         yield df
 
 
-def _iter_csv(p: Path, sep: str, str_columns: Sequence[str], chunk_rows: int,
-              position: Callable[[float], None] | None) -> Iterator[pd.DataFrame]:
+def _iter_csv(
+    p: Path, sep: str, str_columns: Sequence[str], chunk_rows: int, position: Callable[[float], None] | None
+) -> Iterator[pd.DataFrame]:
     size = max(p.stat().st_size, 1)
     with open(p, "rb") as f:
         header = _csv_header(p, sep)
@@ -161,8 +186,11 @@ def _iter_csv(p: Path, sep: str, str_columns: Sequence[str], chunk_rows: int,
         options: dict = {"sep": sep, "chunksize": chunk_rows, "encoding": "utf-8"}
         if ids:
             names = [h or f"Unnamed: {i}" for i, h in enumerate(header)]
-            options.update(dtype=dict.fromkeys(ids, "string"), keep_default_na=False,
-                           na_values={c: NA_TEXT for c in names if c not in ids})
+            options.update(
+                dtype=dict.fromkeys(ids, "string"),
+                keep_default_na=False,
+                na_values={c: NA_TEXT for c in names if c not in ids},
+            )
         with pd.read_csv(f, **options) as reader:
             for df in reader:
                 if position is not None:
@@ -170,8 +198,9 @@ def _iter_csv(p: Path, sep: str, str_columns: Sequence[str], chunk_rows: int,
                 yield df
 
 
-def _iter_parquet(p: Path, str_columns: Sequence[str], chunk_rows: int,
-                  position: Callable[[float], None] | None) -> Iterator[pd.DataFrame]:
+def _iter_parquet(
+    p: Path, str_columns: Sequence[str], chunk_rows: int, position: Callable[[float], None] | None
+) -> Iterator[pd.DataFrame]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -231,8 +260,10 @@ def _not_utf8(p: Path) -> str:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        return (f"not UTF-8 text: byte 0x{data[e.start]:02x} at line {line} (byte offset {e.start}) "
-                "is not valid UTF-8: save the file as UTF-8")
+        return (
+            f"not UTF-8 text: byte 0x{data[e.start]:02x} at line {line} (byte offset {e.start}) "
+            "is not valid UTF-8: save the file as UTF-8"
+        )
     return "not UTF-8 text: save the file as UTF-8"
 
 
@@ -241,8 +272,7 @@ def _parser_message(e: Exception) -> str:
     text = str(e).strip()
     first = text.splitlines()[0] if text else type(e).__name__
     if m := re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text):
-        return (f"line {m[2]} has {m[3]} fields but the header has {m[1]}: "
-                "quote values that contain the delimiter")
+        return f"line {m[2]} has {m[3]} fields but the header has {m[1]}: quote values that contain the delimiter"
     if "Parquet magic bytes not found" in text or "Parquet file size is 0" in text:
         return "not a readable Parquet file (truncated or corrupt: its footer is missing)"
     first = re.sub(r"^Could not open Parquet input source '[^']*': ", "not a readable Parquet file: ", first)

@@ -199,8 +199,15 @@ class Manifest:
             rows = db.execute(f"SELECT path, size, mtime_ns FROM files WHERE status IN {TERMINAL}").fetchall()
         return {(r[0], r[1], r[2]) for r in rows}
 
-    def claim(self, path: str, fp: Fingerprint, kind: str, report: str | None = None,
-              run_id: str | None = None, now: float | None = None) -> Claim | Skip:
+    def claim(
+        self,
+        path: str,
+        fp: Fingerprint,
+        kind: str,
+        report: str | None = None,
+        run_id: str | None = None,
+        now: float | None = None,
+    ) -> Claim | Skip:
         """Claim ``path`` with content ``fp`` for this process, or say why not.
 
         Args:
@@ -221,38 +228,61 @@ class Manifest:
                     return Skip(path, CLAIMED, row["owner"])
                 if row["status"] == FAILED and row["next_attempt"] > now:
                     return Skip(path, FAILED, f"next attempt in {row['next_attempt'] - now:.0f} s")
-            elif (first := db.execute("SELECT path, report FROM files WHERE sha256 = ? AND status = 'done' "
-                                      "ORDER BY finished_at LIMIT 1", (fp.sha256,)).fetchone()) is not None:
-                db.execute("INSERT INTO files (path, sha256, size, mtime_ns, kind, status, attempts, report, "
-                           "error, run_id, first_seen, finished_at) VALUES (?, ?, ?, ?, ?, 'duplicate', 0, ?, ?, "
-                           "?, ?, ?)", (path, fp.sha256, fp.size, fp.mtime_ns, kind, first["report"],
-                                        f"same bytes as {first['path']}", run_id, now, now))
+            elif (
+                first := db.execute(
+                    "SELECT path, report FROM files WHERE sha256 = ? AND status = 'done' ORDER BY finished_at LIMIT 1",
+                    (fp.sha256,),
+                ).fetchone()
+            ) is not None:
+                db.execute(
+                    "INSERT INTO files (path, sha256, size, mtime_ns, kind, status, attempts, report, "
+                    "error, run_id, first_seen, finished_at) VALUES (?, ?, ?, ?, ?, 'duplicate', 0, ?, ?, "
+                    "?, ?, ?)",
+                    (
+                        path,
+                        fp.sha256,
+                        fp.size,
+                        fp.mtime_ns,
+                        kind,
+                        first["report"],
+                        f"same bytes as {first['path']}",
+                        run_id,
+                        now,
+                        now,
+                    ),
+                )
                 return Skip(path, "duplicate", first["report"] or "")
             clash = None
             if report is not None:
-                clash = db.execute("SELECT path FROM files WHERE report = ? AND path != ? AND status IN "
-                                   "('done', 'claimed', 'failed') LIMIT 1", (report, path)).fetchone()
+                clash = db.execute(
+                    "SELECT path FROM files WHERE report = ? AND path != ? AND status IN "
+                    "('done', 'claimed', 'failed') LIMIT 1",
+                    (report, path),
+                ).fetchone()
             attempt = (row["attempts"] if row is not None else 0) + 1
             if row is None:
-                db.execute("INSERT INTO files (path, sha256, size, mtime_ns, kind, status, attempts, owner, "
-                           "lease_until, report, run_id, first_seen, claimed_at) "
-                           "VALUES (?, ?, ?, ?, ?, 'claimed', 1, ?, ?, ?, ?, ?, ?)",
-                           (path, fp.sha256, fp.size, fp.mtime_ns, kind, owner, now + self.lease_s, report, run_id,
-                            now, now))
+                db.execute(
+                    "INSERT INTO files (path, sha256, size, mtime_ns, kind, status, attempts, owner, "
+                    "lease_until, report, run_id, first_seen, claimed_at) "
+                    "VALUES (?, ?, ?, ?, ?, 'claimed', 1, ?, ?, ?, ?, ?, ?)",
+                    (path, fp.sha256, fp.size, fp.mtime_ns, kind, owner, now + self.lease_s, report, run_id, now, now),
+                )
             else:
-                db.execute("UPDATE files SET status = 'claimed', attempts = ?, owner = ?, lease_until = ?, "
-                           "report = ?, run_id = ?, claimed_at = ?, size = ?, mtime_ns = ? "
-                           "WHERE path = ? AND sha256 = ?",
-                           (attempt, owner, now + self.lease_s, report, run_id, now, fp.size, fp.mtime_ns,
-                            path, fp.sha256))
+                db.execute(
+                    "UPDATE files SET status = 'claimed', attempts = ?, owner = ?, lease_until = ?, "
+                    "report = ?, run_id = ?, claimed_at = ?, size = ?, mtime_ns = ? "
+                    "WHERE path = ? AND sha256 = ?",
+                    (attempt, owner, now + self.lease_s, report, run_id, now, fp.size, fp.mtime_ns, path, fp.sha256),
+                )
         return Claim(path, fp, kind, attempt, owner, report, clash["path"] if clash is not None else None)
 
     def renew(self, claim: Claim) -> bool:
         """Extend ``claim``'s lease; False when it is no longer held (another run took it over)."""
         with self._transaction() as db:
-            cur = db.execute("UPDATE files SET lease_until = ? WHERE path = ? AND sha256 = ? AND owner = ? "
-                             "AND status = 'claimed'", (time.time() + self.lease_s, claim.path,
-                                                        claim.fingerprint.sha256, claim.owner))
+            cur = db.execute(
+                "UPDATE files SET lease_until = ? WHERE path = ? AND sha256 = ? AND owner = ? AND status = 'claimed'",
+                (time.time() + self.lease_s, claim.path, claim.fingerprint.sha256, claim.owner),
+            )
             return cur.rowcount == 1
 
     @contextmanager
@@ -273,8 +303,15 @@ class Manifest:
             stop.set()
             thread.join()
 
-    def finish(self, claim: Claim, status: str, report: str | None = None, model_uri: str | None = None,
-               model_version: str | None = None, error: str | None = None) -> bool:
+    def finish(
+        self,
+        claim: Claim,
+        status: str,
+        report: str | None = None,
+        model_uri: str | None = None,
+        model_version: str | None = None,
+        error: str | None = None,
+    ) -> bool:
         """Record the final ``status`` (done, changed, quarantined) of a held claim.
 
         Returns False (and changes nothing) when the claim is no longer held by its owner.
@@ -286,8 +323,18 @@ class Manifest:
                 "UPDATE files SET status = ?, report = ?, model_uri = ?, model_version = ?, error = ?, "
                 "lease_until = NULL, next_attempt = NULL, finished_at = ? "
                 "WHERE path = ? AND sha256 = ? AND owner = ? AND status = 'claimed'",
-                (status, report, model_uri, model_version, error, time.time(), claim.path,
-                 claim.fingerprint.sha256, claim.owner))
+                (
+                    status,
+                    report,
+                    model_uri,
+                    model_version,
+                    error,
+                    time.time(),
+                    claim.path,
+                    claim.fingerprint.sha256,
+                    claim.owner,
+                ),
+            )
             return cur.rowcount == 1
 
     def fail(self, claim: Claim, error: str, now: float | None = None) -> bool:
@@ -301,9 +348,11 @@ class Manifest:
         delay = self.backoff_s * 2 ** (claim.attempt - 1)
         status, retry_at = ("claimed", None) if exhausted else ("failed", now + delay)
         with self._transaction() as db:
-            db.execute("UPDATE files SET status = ?, error = ?, next_attempt = ? "
-                       "WHERE path = ? AND sha256 = ? AND owner = ? AND status = 'claimed'",
-                       (status, error, retry_at, claim.path, claim.fingerprint.sha256, claim.owner))
+            db.execute(
+                "UPDATE files SET status = ?, error = ?, next_attempt = ? "
+                "WHERE path = ? AND sha256 = ? AND owner = ? AND status = 'claimed'",
+                (status, error, retry_at, claim.path, claim.fingerprint.sha256, claim.owner),
+            )
         return exhausted
 
     def entries(self, path: str | None = None) -> list[Entry]:

@@ -34,7 +34,9 @@ def labelled_metrics(y: np.ndarray, scores: np.ndarray, flagged: np.ndarray) -> 
     both = len(np.unique(y)) == 2
     return {
         "n_labelled_anomalies": int((y == 1).sum()),
-        "precision": precision, "recall": recall, "f1": f1,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
         "false_positive_rate": fp / int((y == 0).sum()) if (y == 0).any() else None,
         "auroc": float(roc_auc_score(y, scores)) if both else None,
         "auprc": float(average_precision_score(y, scores)) if both else None,

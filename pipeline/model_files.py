@@ -32,8 +32,9 @@ def write_model_files(d: Path, meta_file: str, meta: dict[str, Any], det: Any) -
     return d
 
 
-def restore_members(det: Any, d: Path, meta: dict[str, Any], make_model: Callable[[], torch.nn.Module],
-                    device: str) -> None:
+def restore_members(
+    det: Any, d: Path, meta: dict[str, Any], make_model: Callable[[], torch.nn.Module], device: str
+) -> None:
     """Set the learned state both detectors share: members, latent codes, score scale, threshold, histories.
 
     Raises:

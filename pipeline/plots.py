@@ -8,8 +8,12 @@ import numpy as np
 
 
 def score_distribution(
-    calibration_scores: np.ndarray, threshold: float, alpha: float, path: str | Path,
-    other_scores: np.ndarray | None = None, other_label: str = "anomalies",
+    calibration_scores: np.ndarray,
+    threshold: float,
+    alpha: float,
+    path: str | Path,
+    other_scores: np.ndarray | None = None,
+    other_label: str = "anomalies",
 ) -> Path:
     """Histogram of calibration scores with the threshold marked; PNG at ``path``."""
     import matplotlib
@@ -21,11 +25,16 @@ def score_distribution(
     all_scores = calibration_scores if other_scores is None else np.concatenate([calibration_scores, other_scores])
     lo, hi = np.quantile(all_scores, [0.0, 0.999]) if len(all_scores) else (0.0, 1.0)
     bins = np.linspace(lo, max(hi, threshold) * 1.05 if hi > 0 else hi + 1, 60)
-    ax.hist(np.clip(calibration_scores, lo, bins[-1]), bins=bins, alpha=0.7,
-            label=f"calibration (normal, n={len(calibration_scores)})")
+    ax.hist(
+        np.clip(calibration_scores, lo, bins[-1]),
+        bins=bins,
+        alpha=0.7,
+        label=f"calibration (normal, n={len(calibration_scores)})",
+    )
     if other_scores is not None and len(other_scores):
-        ax.hist(np.clip(other_scores, lo, bins[-1]), bins=bins, alpha=0.6,
-                label=f"{other_label} (n={len(other_scores)})")
+        ax.hist(
+            np.clip(other_scores, lo, bins[-1]), bins=bins, alpha=0.6, label=f"{other_label} (n={len(other_scores)})"
+        )
     ax.axvline(threshold, color="crimson", linestyle="--", label=f"threshold {threshold:.3g} (alpha={alpha})")
     ax.set_xlabel("anomaly score (negative ELBO, nats; higher = more anomalous)")
     ax.set_ylabel("rows")

@@ -91,8 +91,13 @@ class Preprocessor:
         return z * self.std_ + self.mean_
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean_.tolist(), "std": self.std_.tolist(), "vocab": self.vocab_,
-                "scaling": self.scaling, "knots": [[list(a), list(b), s] for a, b, s in self.knots_]}
+        return {
+            "mean": self.mean_.tolist(),
+            "std": self.std_.tolist(),
+            "vocab": self.vocab_,
+            "scaling": self.scaling,
+            "knots": [[list(a), list(b), s] for a, b, s in self.knots_],
+        }
 
     @classmethod
     def from_dict(cls, schema: Schema, d: dict[str, Any]) -> Preprocessor:

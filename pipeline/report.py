@@ -38,8 +38,13 @@ def neutralise_cell(v: object) -> object:
 
 
 def build_report(
-    df: pd.DataFrame, scores: np.ndarray, threshold: float, id_columns: Sequence[str] = (),
-    is_anomaly: np.ndarray | None = None, p_value: np.ndarray | None = None, q_value: np.ndarray | None = None,
+    df: pd.DataFrame,
+    scores: np.ndarray,
+    threshold: float,
+    id_columns: Sequence[str] = (),
+    is_anomaly: np.ndarray | None = None,
+    p_value: np.ndarray | None = None,
+    q_value: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The report frame: row, id columns, score, threshold, is_anomaly (0/1), then p_value / q_value if given.
 

@@ -66,8 +66,10 @@ class FlagRule:
             return f"p <= {self.level} (marginal false-positive rate <= {self.level})"
         if self.kind == "fdr":
             return f"Benjamini-Hochberg at {self.level} (false discovery rate <= {self.level})"
-        return (f"calibration-conditional p <= {self.level} (false-positive rate <= {self.level} "
-                f"with probability >= {1 - (self.delta or 0):.3g} over the calibration set; DKW)")
+        return (
+            f"calibration-conditional p <= {self.level} (false-positive rate <= {self.level} "
+            f"with probability >= {1 - (self.delta or 0):.3g} over the calibration set; DKW)"
+        )
 
 
 @dataclass(frozen=True)
@@ -107,15 +109,19 @@ def apply_rule(rule: FlagRule, scores: np.ndarray, calibration_scores: np.ndarra
         check_alpha(rule.level)
         level = rule.level
         if n < min_calibration_rows(level):
-            raise InputError(f"alpha={level} needs at least {min_calibration_rows(level)} calibration rows "
-                             f"(alpha >= 1/(n_cal+1)); this model has {n}")
+            raise InputError(
+                f"alpha={level} needs at least {min_calibration_rows(level)} calibration rows "
+                f"(alpha >= 1/(n_cal+1)); this model has {n}"
+            )
     elif rule.kind == "conditional":
         assert rule.delta is not None
         level = rule.level - dkw_epsilon(n, rule.delta)
         if level < 1.0 / (n + 1):
             need = min_rows_conditional(rule.level, rule.delta)
-            raise InputError(f"a calibration-conditional alpha={rule.level} at delta={rule.delta} needs at least "
-                             f"{need} calibration rows; this model has {n}")
+            raise InputError(
+                f"a calibration-conditional alpha={rule.level} at delta={rule.delta} needs at least "
+                f"{need} calibration rows; this model has {n}"
+            )
     else:
         q = bh_q_values(p)
         rejected = q <= rule.level

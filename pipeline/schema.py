@@ -89,8 +89,9 @@ def missing_columns_hint(columns: list[str], missing: list[str], required: list[
         return f"; the file has a single column {columns[0][:80]!r}: is the delimiter ','?{looks}"
     if len(missing) == len(required) and any(_parses_as_number(c) for c in columns):
         return f"; does the file start with a header line? Its first line reads {columns[:6]}"
-    near = [(m, c) for m in missing for c in columns
-            if c not in required and c.strip().casefold() == m.strip().casefold()]
+    near = [
+        (m, c) for m in missing for c in columns if c not in required and c.strip().casefold() == m.strip().casefold()
+    ]
     if near:
         pairs = ", ".join(f"{c!r} for {m!r}" for m, c in near)
         return f"; found {pairs}: column names are case- and space-sensitive"
@@ -114,9 +115,7 @@ def to_numeric(col: pd.Series, name: str, source: str = "input") -> pd.Series:
         bad = values.isna().to_numpy() & col.notna().to_numpy()
         if bad.any():
             i = int(np.argmax(bad))
-            raise SchemaError(
-                f"{source}: column {name!r} must be numeric, but row {i} holds {col.iloc[i]!r}"
-            )
+            raise SchemaError(f"{source}: column {name!r} must be numeric, but row {i} holds {col.iloc[i]!r}")
     inf = np.isinf(values.to_numpy())
     if inf.any():
         i = int(np.argmax(inf))
@@ -204,7 +203,9 @@ def infer_schema(
 
 
 def most_extreme(
-    features: pd.DataFrame, columns: Sequence[str], center: np.ndarray | None = None,
+    features: pd.DataFrame,
+    columns: Sequence[str],
+    center: np.ndarray | None = None,
     scale: np.ndarray | None = None,
 ) -> tuple[str, int, float, float] | None:
     """The numeric cell farthest from ``center`` in units of ``scale``: (column, row, value, distance).

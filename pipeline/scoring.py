@@ -91,10 +91,19 @@ class FileSummary:
 
 
 def score_file(
-    det: VAEAnomalyDetector, path: str | Path, out_dir: str | Path,
-    model_uri: str = "", model_name: str | None = None, model_version: str | None = None,
-    rule: FlagRule | None = None, label_column: str | None = None, f1_optimal: bool = False,
-    *, chunk_rows: int = CHUNK_ROWS, read_rows: int | None = None, progress: Progress | None = None,
+    det: VAEAnomalyDetector,
+    path: str | Path,
+    out_dir: str | Path,
+    model_uri: str = "",
+    model_name: str | None = None,
+    model_version: str | None = None,
+    rule: FlagRule | None = None,
+    label_column: str | None = None,
+    f1_optimal: bool = False,
+    *,
+    chunk_rows: int = CHUNK_ROWS,
+    read_rows: int | None = None,
+    progress: Progress | None = None,
     torch_threads: int | None = None,
 ) -> FileSummary:
     """Score every row of ``path`` and write ``<out_dir>/<stem>.anomalies.csv`` atomically, streaming.
@@ -176,8 +185,15 @@ def model_threads() -> int:
 class _Run:
     """The state of one file's scoring: per-row scores and labels, the flag decision, notes."""
 
-    def __init__(self, det: VAEAnomalyDetector, path: Path, rule: FlagRule, label_column: str | None,
-                 f1_optimal: bool, out_dir: Path) -> None:
+    def __init__(
+        self,
+        det: VAEAnomalyDetector,
+        path: Path,
+        rule: FlagRule,
+        label_column: str | None,
+        f1_optimal: bool,
+        out_dir: Path,
+    ) -> None:
         self.det, self.path, self.source, self.rule, self.out_dir = det, path, str(path), rule, out_dir
         self.label_arg, self.f1_optimal = label_column, f1_optimal
         self.label: str | None = None
@@ -196,8 +212,9 @@ class _Run:
         self.position = share
 
     # ------------------------------------------------------------------ pass 1
-    def write_report(self, chunks: Iterator[pd.DataFrame], out: TextIO, pool: ThreadPoolExecutor,
-                     progress: Progress | None) -> None:
+    def write_report(
+        self, chunks: Iterator[pd.DataFrame], out: TextIO, pool: ThreadPoolExecutor, progress: Progress | None
+    ) -> None:
         """Score every chunk and write the report to ``out`` (one pass, or two through a spill)."""
         pending: Future | None = None
         spill = None
@@ -246,16 +263,23 @@ class _Run:
         det = self.det
         # a level the calibration cannot reach raises here; for one-pass rules, the level and threshold
         self.rule_flags = apply_rule(self.rule, np.zeros(0), det.calibration_scores_)
-        self.label = self.label_arg or (det.schema_.label_column if det.schema_.label_column in chunk.columns
-                                        else None)
+        self.label = self.label_arg or (det.schema_.label_column if det.schema_.label_column in chunk.columns else None)
         if self.label and self.label not in chunk.columns:
             raise InputError(f"{self.path}: label column {self.label!r} not found")
         self.two_pass = self.rule.kind == "fdr" or (self.f1_optimal and self.label is not None)
         # Only the two-pass rules and the labelled metrics need every score (and flag) at the end; otherwise
         # the health test's counts and the flag count are all that is kept (no 8 + 1 bytes per row).
         self.keep_scores = self.two_pass or self.label is not None
-        self.columns = ["row", *det.schema_.id_columns, "score", "threshold", "is_anomaly", "p_value",
-                        *(["q_value"] if self.rule.kind == "fdr" else []), *ATTRIBUTION]
+        self.columns = [
+            "row",
+            *det.schema_.id_columns,
+            "score",
+            "threshold",
+            "is_anomaly",
+            "p_value",
+            *(["q_value"] if self.rule.kind == "fdr" else []),
+            *ATTRIBUTION,
+        ]
 
     def _score_chunk(self, chunk: pd.DataFrame, features: pd.DataFrame) -> tuple[np.ndarray, Explanation]:
         """The model's part of a chunk: its scores (checked finite) and attribution; keeps scores and labels."""
@@ -272,8 +296,14 @@ class _Run:
             self.scores.append(scores)
         return scores, explanation
 
-    def _write_chunk(self, chunk: pd.DataFrame, scored: tuple[np.ndarray, Explanation], offset: int,
-                     out: TextIO, spill: _Spill | None) -> None:
+    def _write_chunk(
+        self,
+        chunk: pd.DataFrame,
+        scored: tuple[np.ndarray, Explanation],
+        offset: int,
+        out: TextIO,
+        spill: _Spill | None,
+    ) -> None:
         """Report lines of one scored chunk to ``out`` (or its typed columns to the spill). Chunks are
         written one at a time, in order: the caller waits for the previous one before submitting."""
         self.ks.add(scored[0])
@@ -339,8 +369,11 @@ class _Run:
         y, cal = self.all_labels(), self.det.calibration_scores_
         self.q_value = None
         if not self.two_pass:  # flags and the health count were kept chunk by chunk
-            self.is_anomaly = (np.concatenate(self.flag_parts) if self.flag_parts else np.zeros(0, dtype=bool)
-                               ) if self.keep_scores else None
+            self.is_anomaly = (
+                (np.concatenate(self.flag_parts) if self.flag_parts else np.zeros(0, dtype=bool))
+                if self.keep_scores
+                else None
+            )
             self.flag_parts = []
             self.threshold = self.rule_flags.threshold
             self.health_level = self.rule_flags.effective_level
@@ -363,8 +396,10 @@ class _Run:
         if self.f1_optimal:
             t = f1_optimal_threshold(y, scores) if y is not None else None
             if t is None:
-                self.notes.append("no labelled anomalies in this batch: kept the false-positive-rate rule "
-                                  "(an F1-optimal threshold needs labelled anomalies)")
+                self.notes.append(
+                    "no labelled anomalies in this batch: kept the false-positive-rate rule "
+                    "(an F1-optimal threshold needs labelled anomalies)"
+                )
             else:
                 self.threshold, self.is_anomaly = t, scores > t
                 self.notes.append(f"flagged at the F1-optimal threshold {t:.6g} found on this batch's labels")
@@ -373,8 +408,15 @@ class _Run:
         rows = part["row"].to_numpy()
         return self.threshold, self.is_anomaly[rows], (self.q_value[rows] if self.q_value is not None else None)
 
-    def summary(self, target: Path, input_sha256: str, model_uri: str, model_name: str | None,
-                model_version: str | None, seconds: float) -> FileSummary:
+    def summary(
+        self,
+        target: Path,
+        input_sha256: str,
+        model_uri: str,
+        model_name: str | None,
+        model_version: str | None,
+        seconds: float,
+    ) -> FileSummary:
         if not hasattr(self, "is_anomaly"):
             self._decide()
         det, rule, y = self.det, self.rule, self.all_labels()
@@ -389,12 +431,23 @@ class _Run:
             notes.append(health.warning)
         n = self.ks.n
         return FileSummary(
-            input=str(self.path), report=str(target), rows=n, flagged=flagged,
+            input=str(self.path),
+            report=str(target),
+            rows=n,
+            flagged=flagged,
             flagged_fraction=flagged / n if n else 0.0,
-            threshold=float(self.threshold), rule=rule.describe(), alpha=det.alpha, input_sha256=input_sha256,
-            model_uri=model_uri, model_name=model_name, model_version=model_version,
-            auroc=metrics["auroc"] if metrics else None, seconds=seconds,
-            health=health.to_dict(), metrics=metrics, notes=notes,
+            threshold=float(self.threshold),
+            rule=rule.describe(),
+            alpha=det.alpha,
+            input_sha256=input_sha256,
+            model_uri=model_uri,
+            model_name=model_name,
+            model_version=model_version,
+            auroc=metrics["auroc"] if metrics else None,
+            seconds=seconds,
+            health=health.to_dict(),
+            metrics=metrics,
+            notes=notes,
         )
 
 
@@ -411,8 +464,12 @@ class _Spill:
 
     def write(self, part: pd.DataFrame) -> None:
         pa = self._pa
-        arrays = [pa.array(part[c].to_numpy()) if pd.api.types.is_numeric_dtype(part[c]) else
-                  pa.array(part[c].to_numpy(dtype=object), type=pa.string(), from_pandas=True) for c in part.columns]
+        arrays = [
+            pa.array(part[c].to_numpy())
+            if pd.api.types.is_numeric_dtype(part[c])
+            else pa.array(part[c].to_numpy(dtype=object), type=pa.string(), from_pandas=True)
+            for c in part.columns
+        ]
         batch = pa.RecordBatch.from_arrays(arrays, names=list(part.columns))
         if self._writer is None:
             self._writer = pa.ipc.new_stream(self._file, batch.schema)
@@ -436,10 +493,12 @@ class _Spill:
 
 def _from_arrow(batch: Any) -> pd.DataFrame:
     """A spilled batch as a frame: numbers as numpy, text as object arrays (None where missing)."""
-    return pd.DataFrame({name: pd.Series(batch.column(i).to_numpy(zero_copy_only=False),
-                                         dtype=None if typ != "string" else object)
-                         for i, (name, typ) in enumerate(zip(batch.schema.names, map(str, batch.schema.types),
-                                                             strict=True))})
+    return pd.DataFrame(
+        {
+            name: pd.Series(batch.column(i).to_numpy(zero_copy_only=False), dtype=None if typ != "string" else object)
+            for i, (name, typ) in enumerate(zip(batch.schema.names, map(str, batch.schema.types), strict=True))
+        }
+    )
 
 
 def _write_lines(frame: pd.DataFrame, out: TextIO) -> None:
@@ -496,7 +555,7 @@ def _at_row(e: InputError, offset: int, source: str = "") -> InputError:
         return e
     text = str(e)
     head = source if source and text.startswith(source) else ""
-    tail = _ROW.sub(lambda m: f"row {int(m[1]) + offset}", text[len(head):], count=1)
+    tail = _ROW.sub(lambda m: f"row {int(m[1]) + offset}", text[len(head) :], count=1)
     return type(e)(head + tail)
 
 
@@ -513,18 +572,24 @@ def score_features(det: VAEAnomalyDetector, features: pd.DataFrame, source: str 
     return scores
 
 
-def check_finite(det: VAEAnomalyDetector, features: pd.DataFrame, scores: np.ndarray, source: str,
-                 offset: int = 0) -> None:
+def check_finite(
+    det: VAEAnomalyDetector, features: pd.DataFrame, scores: np.ndarray, source: str, offset: int = 0
+) -> None:
     """Raise InputError naming the first row whose score overflowed (counted from ``offset``), its column and value."""
     bad = ~np.isfinite(scores)
     if bad.any():
         i = int(np.argmax(bad))
         pre = det.preprocessor_
         where = most_extreme(features.iloc[[i]], det.schema_.numeric, pre.mean_, pre.std_)
-        why = (f"column {where[0]!r} holds {where[2]!r}, {where[3]:.3g} training standard deviations from the "
-               f"training mean" if where else "its values are outside what the model can score")
-        raise InputError(f"{source}: row {i + offset} cannot be scored, its score overflows: {why}; "
-                         "remove or cap such values")
+        why = (
+            f"column {where[0]!r} holds {where[2]!r}, {where[3]:.3g} training standard deviations from the "
+            f"training mean"
+            if where
+            else "its values are outside what the model can score"
+        )
+        raise InputError(
+            f"{source}: row {i + offset} cannot be scored, its score overflows: {why}; remove or cap such values"
+        )
 
 
 def ensure_out_dir(path: str | Path) -> Path:

@@ -37,8 +37,9 @@ def split_rows(n: int, val_fraction: float, cal_fraction: float, seed: int) -> S
     n_val = max(round(n * val_fraction), 1)
     n_cal = max(round(n * cal_fraction), 1)
     order = np.random.default_rng(seed).permutation(n)
-    return Split(train=np.sort(order[n_val + n_cal :]), val=np.sort(order[:n_val]),
-                 cal=np.sort(order[n_val : n_val + n_cal]))
+    return Split(
+        train=np.sort(order[n_val + n_cal :]), val=np.sort(order[:n_val]), cal=np.sort(order[n_val : n_val + n_cal])
+    )
 
 
 def member_folds(split: Split, n_members: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -57,5 +58,7 @@ def member_folds(split: Split, n_members: int, seed: int) -> list[tuple[np.ndarr
     order = np.random.default_rng([seed, 1]).permutation(split.train)
     blocks = [split.val] + [np.sort(order[j * n_val : (j + 1) * n_val]) for j in range(len(order) // n_val)]
     rest = np.sort(np.concatenate([split.train, split.val]))
-    return [(np.setdiff1d(rest, blocks[i % len(blocks)], assume_unique=True), blocks[i % len(blocks)])
-            for i in range(n_members)]
+    return [
+        (np.setdiff1d(rest, blocks[i % len(blocks)], assume_unique=True), blocks[i % len(blocks)])
+        for i in range(n_members)
+    ]

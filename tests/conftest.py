@@ -46,8 +46,9 @@ def make_table(n: int, seed: int = 0, anomalies: int = 0) -> tuple[pd.DataFrame,
     d = rng.integers(0, 5, size=n).astype(float)
     color = np.where(z[:, 0] > 0, "red", "blue")
     shape = rng.choice(["circle", "square", "star"], size=n, p=[0.5, 0.3, 0.2])
-    df = pd.DataFrame({"id": [f"r{i:05d}" for i in range(n)], "a": a, "b": b, "c": c, "d": d,
-                       "color": color, "shape": shape})
+    df = pd.DataFrame(
+        {"id": [f"r{i:05d}" for i in range(n)], "a": a, "b": b, "c": c, "d": d, "color": color, "shape": shape}
+    )
     y = np.zeros(n, dtype=int)
     if anomalies:
         idx = rng.choice(n, size=anomalies, replace=False)
@@ -105,5 +106,4 @@ def registered_model(prefect_harness: None, train_csv: Path) -> dict:
     from flows.config import TrainConfig
     from flows.train import train
 
-    return train(TrainConfig(data=train_csv, model_name="test-model", id_columns=["id"], alpha=0.05,
-                             max_epochs=40))
+    return train(TrainConfig(data=train_csv, model_name="test-model", id_columns=["id"], alpha=0.05, max_epochs=40))

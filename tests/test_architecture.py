@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"vae": {"prefect", "mlflow", "pipeline", "flows", "pandas", "sklearn"},
-             "pipeline": {"prefect", "mlflow", "flows"}}
+FORBIDDEN = {
+    "vae": {"prefect", "mlflow", "pipeline", "flows", "pandas", "sklearn"},
+    "pipeline": {"prefect", "mlflow", "flows"},
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -31,6 +33,8 @@ def test_package_does_not_import_upstream_layers(package):
 
 
 def test_vae_and_pipeline_import_without_prefect_or_mlflow():
-    code = ("import sys, pipeline.detector, pipeline.scoring, vae; "
-            "bad = [m for m in ('prefect', 'mlflow') if m in sys.modules]; sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, pipeline.detector, pipeline.scoring, vae; "
+        "bad = [m for m in ('prefect', 'mlflow') if m in sys.modules]; sys.exit(1 if bad else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

@@ -177,8 +177,9 @@ class TrainConfig:
         if not 0.0 <= self.val_trim < 0.5:
             raise ValueError(f"val_trim must be in [0, 0.5), got {self.val_trim!r}")
         if self.min_epochs < 0 or self.kl_warmup_epochs < 0:
-            raise ValueError(f"min_epochs and kl_warmup_epochs must be >= 0, got {self.min_epochs!r} "
-                             f"and {self.kl_warmup_epochs!r}")
+            raise ValueError(
+                f"min_epochs and kl_warmup_epochs must be >= 0, got {self.min_epochs!r} and {self.kl_warmup_epochs!r}"
+            )
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -67,8 +67,10 @@ class ConvVAEConfig:
         if self.height < 4 or self.width < 4:
             raise ValueError(f"image size must be at least 4x4, got {self.height}x{self.width}")
         if self.latent_dim < 1 or self.hidden < 1 or len(self.conv_channels) != 2 or min(self.conv_channels) < 1:
-            raise ValueError(f"latent_dim, hidden and the 2 conv_channels must be >= 1, got {self.latent_dim!r}, "
-                             f"{self.hidden!r}, {self.conv_channels!r}")
+            raise ValueError(
+                f"latent_dim, hidden and the 2 conv_channels must be >= 1, got {self.latent_dim!r}, "
+                f"{self.hidden!r}, {self.conv_channels!r}"
+            )
         if self.likelihood not in IMAGE_LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {IMAGE_LIKELIHOODS}, got {self.likelihood!r}")
 
@@ -93,9 +95,16 @@ class ConvVAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ConvVAEConfig:
-        return cls(channels=int(d["channels"]), height=int(d["height"]), width=int(d["width"]),
-                   latent_dim=int(d["latent_dim"]), conv_channels=tuple(int(c) for c in d["conv_channels"]),
-                   hidden=int(d["hidden"]), likelihood=str(d["likelihood"]), min_log_var=float(d["min_log_var"]))
+        return cls(
+            channels=int(d["channels"]),
+            height=int(d["height"]),
+            width=int(d["width"]),
+            latent_dim=int(d["latent_dim"]),
+            conv_channels=tuple(int(c) for c in d["conv_channels"]),
+            hidden=int(d["hidden"]),
+            likelihood=str(d["likelihood"]),
+            min_log_var=float(d["min_log_var"]),
+        )
 
 
 class ConvVAE(nn.Module):
@@ -108,16 +117,22 @@ class ConvVAE(nn.Module):
         self._grid = config.feature_grid
         flat = config.feature_dim
         self.encoder = nn.Sequential(
-            nn.Conv2d(config.channels, c1, 4, 2, 1), nn.SiLU(),
-            nn.Conv2d(c1, c2, 4, 2, 1), nn.SiLU(), nn.Flatten(),
-            nn.Linear(flat, config.hidden), nn.SiLU(),
+            nn.Conv2d(config.channels, c1, 4, 2, 1),
+            nn.SiLU(),
+            nn.Conv2d(c1, c2, 4, 2, 1),
+            nn.SiLU(),
+            nn.Flatten(),
+            nn.Linear(flat, config.hidden),
+            nn.SiLU(),
         )
         self.to_mu = nn.Linear(config.hidden, config.latent_dim)
         self.to_log_var = nn.Linear(config.hidden, config.latent_dim)
-        self.decoder_fc = nn.Sequential(nn.Linear(config.latent_dim, config.hidden), nn.SiLU(),
-                                        nn.Linear(config.hidden, flat), nn.SiLU())
+        self.decoder_fc = nn.Sequential(
+            nn.Linear(config.latent_dim, config.hidden), nn.SiLU(), nn.Linear(config.hidden, flat), nn.SiLU()
+        )
         self.decoder_conv = nn.Sequential(
-            nn.ConvTranspose2d(c2, c1, 4, 2, 1), nn.SiLU(),
+            nn.ConvTranspose2d(c2, c1, 4, 2, 1),
+            nn.SiLU(),
             nn.ConvTranspose2d(c1, config.channels, 4, 2, 1),
         )
         # Gaussian likelihood only: one learned log-variance per pixel and channel (homoscedastic in z).
@@ -193,8 +208,9 @@ def negative_elbo(model: ConvVAE, x: torch.Tensor, eps: torch.Tensor, beta: floa
     """(n,) -ELBO per image in nats: Monte Carlo over k draws eps (k, n or 1, latent_dim), KL in closed form."""
     mu, log_var = model.encode(x)
     kl = kl_standard_normal(mu, log_var)
-    recon = torch.stack([pixel_nll(model, x, model.decode(model.reparameterize(mu, log_var, e))).sum(dim=(1, 2, 3))
-                         for e in eps]).mean(dim=0)
+    recon = torch.stack(
+        [pixel_nll(model, x, model.decode(model.reparameterize(mu, log_var, e))).sum(dim=(1, 2, 3)) for e in eps]
+    ).mean(dim=0)
     return recon + beta * kl
 
 

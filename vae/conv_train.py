@@ -60,8 +60,10 @@ class ImageTrainConfig:
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1 or (self.batch_size is not None and self.batch_size < 1) or self.patience < 1:
-            raise ValueError(f"max_epochs, batch_size and patience must be >= 1, got {self.max_epochs!r}, "
-                             f"{self.batch_size!r}, {self.patience!r}")
+            raise ValueError(
+                f"max_epochs, batch_size and patience must be >= 1, got {self.max_epochs!r}, "
+                f"{self.batch_size!r}, {self.patience!r}"
+            )
         if not self.lr > 0 or self.beta < 0:
             raise ValueError(f"lr must be > 0 and beta >= 0, got {self.lr!r} and {self.beta!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -78,8 +80,9 @@ class ImageTrainConfig:
 def evaluate_images(model: ConvVAE, x: torch.Tensor, eps: torch.Tensor, chunk: int = 2048) -> float:
     """Mean -ELBO of images x (n, C, H, W) with the fixed draws eps (deterministic)."""
     model.eval()
-    return float(torch.cat([negative_elbo(model, x[s : s + chunk], eps).float()
-                            for s in range(0, len(x), chunk)]).mean())
+    return float(
+        torch.cat([negative_elbo(model, x[s : s + chunk], eps).float() for s in range(0, len(x), chunk)]).mean()
+    )
 
 
 def fit_images(model: ConvVAE, train: torch.Tensor, val: torch.Tensor, cfg: ImageTrainConfig) -> TrainHistory:
@@ -106,8 +109,9 @@ def fit_images(model: ConvVAE, train: torch.Tensor, val: torch.Tensor, cfg: Imag
         torch.set_num_threads(previous)
 
 
-def _fit(model: ConvVAE, train: torch.Tensor, val: torch.Tensor, cfg: ImageTrainConfig,
-         device: torch.device) -> TrainHistory:
+def _fit(
+    model: ConvVAE, train: torch.Tensor, val: torch.Tensor, cfg: ImageTrainConfig, device: torch.device
+) -> TrainHistory:
     torch.manual_seed(cfg.seed)
     for m in model.modules():  # same init for the same seed, whatever ran before
         if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d | torch.nn.Linear):
@@ -161,6 +165,7 @@ def _fit(model: ConvVAE, train: torch.Tensor, val: torch.Tensor, cfg: ImageTrain
     model.eval()
     hist.seconds = time.perf_counter() - t0
     hist.samples_per_s = seen / max(hist.seconds, 1e-9)
-    log.info("trained %d epochs on %s in %.1fs, best epoch %d", len(hist.train_loss), device, hist.seconds,
-             hist.best_epoch)
+    log.info(
+        "trained %d epochs on %s in %.1fs, best epoch %d", len(hist.train_loss), device, hist.seconds, hist.best_epoch
+    )
     return hist

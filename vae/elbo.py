@@ -40,8 +40,9 @@ def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, mas
     return 0.5 * (_LOG_2PI + log_var + (x - mean) ** 2 * torch.exp(-log_var)) * mask
 
 
-def student_t_nll(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, mask: torch.Tensor,
-                  nu: float) -> torch.Tensor:
+def student_t_nll(
+    x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, mask: torch.Tensor, nu: float
+) -> torch.Tensor:
     """Per-cell negative log-density of a Student-t (nu, location mean, scale exp(log_var / 2))."""
     const = math.lgamma(nu / 2) - math.lgamma((nu + 1) / 2) + 0.5 * math.log(nu * math.pi)
     return (const + 0.5 * log_var + 0.5 * (nu + 1) * torch.log1p((x - mean) ** 2 * torch.exp(-log_var) / nu)) * mask
@@ -52,8 +53,14 @@ def laplace_nll(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, mask
     return (math.log(2.0) + 0.5 * log_var + (x - mean).abs() * torch.exp(-0.5 * log_var)) * mask
 
 
-def numeric_nll(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, mask: torch.Tensor,
-                likelihood: str = "gaussian", nu: float = 4.0) -> torch.Tensor:
+def numeric_nll(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    log_var: torch.Tensor,
+    mask: torch.Tensor,
+    likelihood: str = "gaussian",
+    nu: float = 4.0,
+) -> torch.Tensor:
     """Per-cell negative log-density of the chosen numeric likelihood, 0 where mask is 0."""
     if likelihood == "student_t":
         return student_t_nll(x, mean, log_var, mask, nu)
@@ -83,14 +90,16 @@ def feature_nll(model: TabularVAE, batch: TabularBatch, z: torch.Tensor) -> torc
     return decoded_feature_nll(model, batch, *model.decode(z))
 
 
-def decoded_feature_nll(model: TabularVAE, batch: TabularBatch, num_mean: torch.Tensor,
-                        logits: list[torch.Tensor]) -> torch.Tensor:
+def decoded_feature_nll(
+    model: TabularVAE, batch: TabularBatch, num_mean: torch.Tensor, logits: list[torch.Tensor]
+) -> torch.Tensor:
     """:func:`feature_nll` from an already decoded ``model.decode(z)`` (numeric means, logits)."""
     parts = []
     if model.config.n_numeric:
         cfg = model.config
-        parts.append(numeric_nll(batch.x_num, num_mean.float(), model.numeric_log_var(), batch.mask_num,
-                                 cfg.likelihood, cfg.nu))
+        parts.append(
+            numeric_nll(batch.x_num, num_mean.float(), model.numeric_log_var(), batch.mask_num, cfg.likelihood, cfg.nu)
+        )
     for j, lg in enumerate(logits):
         parts.append(categorical_nll(batch.x_cat[:, j], lg).unsqueeze(1))
     # Row-major like torch.cat's result (a decoder output can come back column-major): row sums then
@@ -109,7 +118,11 @@ def kl_free_bits(mu: torch.Tensor, log_var: torch.Tensor, free_bits: float) -> t
 
 
 def negative_elbo(
-    model: TabularVAE, batch: TabularBatch, eps: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0,
+    model: TabularVAE,
+    batch: TabularBatch,
+    eps: torch.Tensor,
+    beta: float = 1.0,
+    free_bits: float = 0.0,
     posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(n,) -ELBO per row: Monte Carlo over k reparameterisation draws, KL in closed form.
@@ -126,14 +139,18 @@ def negative_elbo(
         kl = kl_free_bits(mu.float(), log_var.float(), free_bits)
     else:
         kl = kl_standard_normal(mu.float(), log_var.float())
-    recon = torch.stack(
-        [feature_nll(model, batch, model.reparameterize(mu, log_var, e)).sum(dim=1) for e in eps]
-    ).mean(dim=0)
+    recon = torch.stack([feature_nll(model, batch, model.reparameterize(mu, log_var, e)).sum(dim=1) for e in eps]).mean(
+        dim=0
+    )
     return recon + beta * kl
 
 
-def iwae_log_likelihood(model: TabularVAE, batch: TabularBatch, eps: torch.Tensor,
-                        posterior: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def iwae_log_likelihood(
+    model: TabularVAE,
+    batch: TabularBatch,
+    eps: torch.Tensor,
+    posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """(n,) importance-weighted estimate of log p(x) with k draws, eps (k, 1 or n, latent_dim).
 
     log p(x) ~= log (1/k) sum_i p(x | z_i) p(z_i) / q(z_i | x),  z_i = mu + sigma * eps_i

@@ -61,8 +61,9 @@ def score_pass(
     if method == "elbo":
         score = negative_elbo(model, batch, fixed_eps(model.config.latent_dim, k, device), posterior=(mu, log_var))
     elif method == "iwae":
-        score = -iwae_log_likelihood(model, batch, fixed_eps(model.config.latent_dim, k, device),
-                                     posterior=(mu, log_var))
+        score = -iwae_log_likelihood(
+            model, batch, fixed_eps(model.config.latent_dim, k, device), posterior=(mu, log_var)
+        )
     else:
         assert nll is not None
         score = nll.sum(dim=1)
@@ -119,9 +120,7 @@ def decoded_means(model: TabularVAE, batch: TabularBatch) -> tuple[np.ndarray, l
 
 
 @torch.no_grad()
-def feature_contributions(
-    model: TabularVAE, batch: TabularBatch
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+def feature_contributions(model: TabularVAE, batch: TabularBatch) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Per-feature negative log-likelihood at the posterior mean, and the decoded expectation.
 
     Returns:
@@ -149,18 +148,18 @@ def encoder_features(model: TabularVAE, batch: TabularBatch, chunk: int = 65536)
 
 
 @torch.no_grad()
-def _encoded(model: TabularVAE, batch: TabularBatch, chunk: int,
-             encode: Callable[[TabularBatch], torch.Tensor], width: int) -> np.ndarray:
+def _encoded(
+    model: TabularVAE, batch: TabularBatch, chunk: int, encode: Callable[[TabularBatch], torch.Tensor], width: int
+) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
-    out = [encode(batch.rows(slice(s, s + chunk)).to(device)).double().cpu().numpy()
-           for s in range(0, len(batch), chunk)]
+    out = [
+        encode(batch.rows(slice(s, s + chunk)).to(device)).double().cpu().numpy() for s in range(0, len(batch), chunk)
+    ]
     return np.concatenate(out) if out else np.zeros((0, width))
 
 
-def score_batches(
-    model: TabularVAE, batches: Iterator[TabularBatch], method: str = "elbo", k: int = 16
-) -> np.ndarray:
+def score_batches(model: TabularVAE, batches: Iterator[TabularBatch], method: str = "elbo", k: int = 16) -> np.ndarray:
     """Scores of every row of every batch, concatenated, as float64 (n_total,)."""
     out = [score_rows(model, b, method, k).double().cpu().numpy() for b in batches]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)

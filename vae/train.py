@@ -60,20 +60,21 @@ def _scheduler(
     if cfg.lr_schedule != "cosine":
         return None
     return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t / max(total_steps, 1), 1.0))))
+        opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t / max(total_steps, 1), 1.0)))
+    )
 
 
 @torch.no_grad()
-def evaluate(model: TabularVAE, batch: TabularBatch, eps: torch.Tensor, trim: float = 0.0,
-             chunk: int = 65536) -> float:
+def evaluate(model: TabularVAE, batch: TabularBatch, eps: torch.Tensor, trim: float = 0.0, chunk: int = 65536) -> float:
     """Mean -ELBO of the rows in batch with the fixed draws eps (deterministic).
 
     With ``trim`` > 0 the highest ``trim`` fraction of per-row losses is left out: a few
     heavy-tailed validation rows then cannot stop training while the bulk still improves.
     """
     model.eval()
-    losses = torch.cat([negative_elbo(model, batch.rows(slice(s, s + chunk)), eps).float()
-                        for s in range(0, len(batch), chunk)])
+    losses = torch.cat(
+        [negative_elbo(model, batch.rows(slice(s, s + chunk)), eps).float() for s in range(0, len(batch), chunk)]
+    )
     if trim > 0:
         keep = max(int(len(losses) * (1.0 - trim)), 1)
         losses = torch.topk(losses, keep, largest=False).values
@@ -168,6 +169,7 @@ def _fit(
     model.eval()
     hist.seconds = time.perf_counter() - t0
     hist.samples_per_s = seen / max(hist.seconds, 1e-9)
-    log.info("trained %d epochs on %s in %.1fs, best epoch %d", len(hist.train_loss), device, hist.seconds,
-             hist.best_epoch)
+    log.info(
+        "trained %d epochs on %s in %.1fs, best epoch %d", len(hist.train_loss), device, hist.seconds, hist.best_epoch
+    )
     return hist

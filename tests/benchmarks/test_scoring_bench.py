@@ -7,8 +7,19 @@ import pytest
 
 from benchmarks.scoring import main
 
-KEYS = {"rows", "score_s", "score_file_s", "io_floor_s", "ratio_to_io_floor", "peak_rss_mb", "pyod_score_s",
-        "startup_s", "machine", "command", "date"}
+KEYS = {
+    "rows",
+    "score_s",
+    "score_file_s",
+    "io_floor_s",
+    "ratio_to_io_floor",
+    "peak_rss_mb",
+    "pyod_score_s",
+    "startup_s",
+    "machine",
+    "command",
+    "date",
+}
 
 
 def test_scoring_benchmark_writes_its_figures_and_cleans_up(prefect_harness, tmp_path, monkeypatch):
@@ -19,8 +30,27 @@ def test_scoring_benchmark_writes_its_figures_and_cleans_up(prefect_harness, tmp
     out = tmp_path / "scoring.json"
     work = tmp_path / "work"
     work.mkdir()
-    assert main(["--rows", "2000", "--train-rows", "600", "--max-epochs", "1", "--pyod-fit-rows", "300",
-                 "--pyod-epochs", "1", "--workdir", str(work), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--rows",
+                "2000",
+                "--train-rows",
+                "600",
+                "--max-epochs",
+                "1",
+                "--pyod-fit-rows",
+                "300",
+                "--pyod-epochs",
+                "1",
+                "--workdir",
+                str(work),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert set(result) >= KEYS
     assert result["rows"] == 2000 and result["cols"] == 21 and result["prefect_api"] == "PREFECT_API_URL"

@@ -6,8 +6,20 @@ import pandas as pd
 from benchmarks.calibration import check
 from benchmarks.tabular import main, split
 
-COLUMNS = ["dataset", "seed", "method", "n_train", "n_test_normal", "n_test_anomaly", "auroc", "auprc",
-           "threshold_fpr", "threshold_recall", "fit_s", "score_s"]
+COLUMNS = [
+    "dataset",
+    "seed",
+    "method",
+    "n_train",
+    "n_test_normal",
+    "n_test_anomaly",
+    "auroc",
+    "auprc",
+    "threshold_fpr",
+    "threshold_recall",
+    "fit_s",
+    "score_s",
+]
 
 
 def test_split_halves_the_normals_and_puts_every_anomaly_in_test():
@@ -26,8 +38,25 @@ def test_harness_writes_the_contract_csv(tmp_path):
     data.mkdir()
     np.savez_compressed(data / "toy.npz", X=x, y=y)
     out = tmp_path / "res.csv"
-    assert main(["--data-dir", str(data), "--seeds", "1", "--methods", "vae-anomaly", "knn", "iforest",
-                 "--out", str(out), "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "--data-dir",
+                str(data),
+                "--seeds",
+                "1",
+                "--methods",
+                "vae-anomaly",
+                "knn",
+                "iforest",
+                "--out",
+                str(out),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     df = pd.read_csv(out)
     assert list(df.columns)[: len(COLUMNS)] == COLUMNS
     assert sorted(df["method"]) == ["iforest", "knn", "vae-anomaly"]

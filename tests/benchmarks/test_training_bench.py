@@ -12,8 +12,17 @@ def test_training_benchmark_writes_medians_of_alternating_runs(tmp_path, capsys)
     out = tmp_path / "training.json"
     assert main(["--rows", "1500", "--epochs", "1", "--repeats", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result) >= {"ours_samples_per_s", "pyod_samples_per_s", "ratio", "ours_runs_samples_per_s",
-                           "pyod_runs_samples_per_s", "repeats", "threads", "command", "date"}
+    assert set(result) >= {
+        "ours_samples_per_s",
+        "pyod_samples_per_s",
+        "ratio",
+        "ours_runs_samples_per_s",
+        "pyod_runs_samples_per_s",
+        "repeats",
+        "threads",
+        "command",
+        "date",
+    }
     assert len(result["ours_runs_samples_per_s"]) == len(result["pyod_runs_samples_per_s"]) == 2
     assert result["ours_samples_per_s"] == min(result["ours_runs_samples_per_s"])  # lower middle of 2
     assert result["ratio"] == pytest.approx(result["ours_samples_per_s"] / result["pyod_samples_per_s"], abs=0.01)

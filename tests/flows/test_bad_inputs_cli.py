@@ -12,12 +12,23 @@ from tests.pipeline.test_bad_inputs import BAD_SCORING_INPUTS, _bad_file
 
 HEADER_ONLY_REPORT = "row,id,score,threshold,is_anomaly,p_value,top_features,top_observed,top_expected\n"
 
-CLI_CASES = ["missing-column", "wrong-type", "inf", "huge", "empty", "no-header", "duplicate-columns", "not-utf8",
-             "semicolon", "unclosed-quote", "truncated-parquet", "not-found"]
+CLI_CASES = [
+    "missing-column",
+    "wrong-type",
+    "inf",
+    "huge",
+    "empty",
+    "no-header",
+    "duplicate-columns",
+    "not-utf8",
+    "semicolon",
+    "unclosed-quote",
+    "truncated-parquet",
+    "not-found",
+]
 
 
-def test_score_cli_gives_one_error_line_per_bad_file_and_scores_the_good_ones(registered_model, session_home,
-                                                                             tmp_path):
+def test_score_cli_gives_one_error_line_per_bad_file_and_scores_the_good_ones(registered_model, session_home, tmp_path):
     bad = [_bad_file(case, tmp_path) for case in CLI_CASES]
     df, _ = make_table(30, seed=5)
     good = tmp_path / "good.csv"
@@ -25,8 +36,21 @@ def test_score_cli_gives_one_error_line_per_bad_file_and_scores_the_good_ones(re
     header_only = tmp_path / "header-only.csv"
     header_only.write_text(",".join(df.columns) + "\n")
     out = tmp_path / "reports"
-    r = _run(["-m", "flows.score", str(good), *map(str, bad), str(header_only), "--model",
-              "models:/test-model@champion", "--out", str(out)], session_home, tmp_path)
+    r = _run(
+        [
+            "-m",
+            "flows.score",
+            str(good),
+            *map(str, bad),
+            str(header_only),
+            "--model",
+            "models:/test-model@champion",
+            "--out",
+            str(out),
+        ],
+        session_home,
+        tmp_path,
+    )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("python -m flows.score: error:")]
@@ -45,8 +69,24 @@ def test_train_cli_refuses_a_value_that_breaks_training_with_one_line(session_ho
     df.loc[17, "b"] = 1e308
     src = tmp_path / "huge.csv"
     df.to_csv(src, index=False)
-    r = _run(["-m", "flows.train", "--data", str(src), "--model-name", "never", "--id-columns", "id",
-              "--alpha", "0.1", "--max-epochs", "2"], session_home, tmp_path)
+    r = _run(
+        [
+            "-m",
+            "flows.train",
+            "--data",
+            str(src),
+            "--model-name",
+            "never",
+            "--id-columns",
+            "id",
+            "--alpha",
+            "0.1",
+            "--max-epochs",
+            "2",
+        ],
+        session_home,
+        tmp_path,
+    )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     [line] = [x for x in r.stderr.splitlines() if x.startswith("python -m flows.train: error:")]
@@ -60,8 +100,10 @@ def test_train_flow_checks_rows_before_training():
         try:
             check_enough_rows(n, 0.05, "t.csv")
         except InputError as e:
-            assert str(e) == (f"t.csv: {n} rows, but alpha=0.05 needs at least 19 calibration rows, so at least 95 "
-                              "rows (20% are held out to calibrate the threshold): give more rows or raise --alpha")
+            assert str(e) == (
+                f"t.csv: {n} rows, but alpha=0.05 needs at least 19 calibration rows, so at least 95 "
+                "rows (20% are held out to calibrate the threshold): give more rows or raise --alpha"
+            )
         else:
             raise AssertionError(n)
 
@@ -96,8 +138,9 @@ def test_an_unexpected_error_is_one_line_exit_1_unless_debugging(capsys, monkeyp
     monkeypatch.delenv(DEBUG_ENV, raising=False)
     assert run("python -m flows.x", bug) == 1
     err = capsys.readouterr().err.splitlines()
-    assert err == ["python -m flows.x: error: unexpected RuntimeError: boom (a bug: set VAE_ANOMALY_DEBUG=1 for the "
-                   "traceback)"]
+    assert err == [
+        "python -m flows.x: error: unexpected RuntimeError: boom (a bug: set VAE_ANOMALY_DEBUG=1 for the traceback)"
+    ]
     monkeypatch.setenv(DEBUG_ENV, "1")
     try:
         run("python -m flows.x", bug)

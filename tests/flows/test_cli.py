@@ -22,8 +22,20 @@ def test_score_cli_writes_one_report_row_per_input_row(registered_model, session
     a, b = tmp_path / "first.csv", tmp_path / "second.parquet"
     df.to_csv(a, index=False)
     df.head(37).to_parquet(b)
-    r = _run(["-m", "flows.score", str(a), str(b), "--model", "models:/test-model@champion",
-              "--out", str(tmp_path / "reports")], session_home, tmp_path)
+    r = _run(
+        [
+            "-m",
+            "flows.score",
+            str(a),
+            str(b),
+            "--model",
+            "models:/test-model@champion",
+            "--out",
+            str(tmp_path / "reports"),
+        ],
+        session_home,
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     first = pd.read_csv(tmp_path / "reports" / "first.anomalies.csv", dtype={"id": str})
     second = pd.read_csv(tmp_path / "reports" / "second.anomalies.csv", dtype={"id": str})
@@ -40,8 +52,9 @@ def test_score_cli_writes_one_report_row_per_input_row(registered_model, session
         ("no-file", 2, "input file not found"),
     ],
 )
-def test_score_cli_bad_input_exits_nonzero_with_one_line(case, code, message, registered_model, session_home,
-                                                         test_table, tmp_path):
+def test_score_cli_bad_input_exits_nonzero_with_one_line(
+    case, code, message, registered_model, session_home, test_table, tmp_path
+):
     df, _ = test_table
     src = tmp_path / "in.csv"
     model = "models:/test-model@champion"

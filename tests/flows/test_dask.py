@@ -17,8 +17,12 @@ def test_dask_options_build_the_task_runner():
     assert remote.address == "tcp://10.0.0.5:8786" and remote.cluster_kwargs == {}
     local = dask_task_runner(InboxConfig(inbox=Path("i"), outbox=Path("o"), dask_workers=3, dask_processes=False))
     assert local.address is None
-    assert local.cluster_kwargs == {"n_workers": 3, "threads_per_worker": 1, "processes": False,
-                                    "dashboard_address": None}
+    assert local.cluster_kwargs == {
+        "n_workers": 3,
+        "threads_per_worker": 1,
+        "processes": False,
+        "dashboard_address": None,
+    }
     with pytest.raises(ValueError, match="not both"):
         ScoreConfig(inputs=[Path("x.csv")], dask_address="tcp://h:1", dask_workers=2)
     with pytest.raises(ValueError, match="dask_address"):
@@ -26,7 +30,8 @@ def test_dask_options_build_the_task_runner():
 
 
 def test_a_partitioned_dataset_scored_on_a_two_worker_cluster_matches_scoring_in_order(
-        registered_model, prefect_harness, test_table, tmp_path, monkeypatch):
+    registered_model, prefect_harness, test_table, tmp_path, monkeypatch
+):
     from prefect_dask import DaskTaskRunner
 
     from flows.score import score
@@ -35,7 +40,7 @@ def test_a_partitioned_dataset_scored_on_a_two_worker_cluster_matches_scoring_in
     ds = tmp_path / "sales"
     for i, rel in enumerate(("region=north/part-0.parquet", "region=south/part-0.parquet", "part-9.parquet")):
         (ds / rel).parent.mkdir(parents=True, exist_ok=True)
-        df.iloc[i * 150:(i + 1) * 150].to_parquet(ds / rel)
+        df.iloc[i * 150 : (i + 1) * 150].to_parquet(ds / rel)
     single = tmp_path / "single.csv"
     df.iloc[450:].to_csv(single, index=False)
     submitted: list[str] = []
@@ -49,12 +54,17 @@ def test_a_partitioned_dataset_scored_on_a_two_worker_cluster_matches_scoring_in
     model = "models:/test-model@champion"
     in_order = score(ScoreConfig(inputs=[ds, single], model=model, out=tmp_path / "seq"))
     assert submitted == []
-    on_dask = score(ScoreConfig(inputs=[ds, single], model=model, out=tmp_path / "dask", dask_workers=2,
-                                dask_processes=False))
+    on_dask = score(
+        ScoreConfig(inputs=[ds, single], model=model, out=tmp_path / "dask", dask_workers=2, dask_processes=False)
+    )
     assert sorted(submitted) == ["part-0.parquet", "part-0.parquet", "part-9.parquet", "single.csv"]
     reports = sorted(p.relative_to(tmp_path / "seq") for p in (tmp_path / "seq").rglob("*.anomalies.csv"))
-    assert [r.as_posix() for r in reports] == ["sales/part-9.anomalies.csv", "sales/region=north/part-0.anomalies.csv",
-                                              "sales/region=south/part-0.anomalies.csv", "single.anomalies.csv"]
+    assert [r.as_posix() for r in reports] == [
+        "sales/part-9.anomalies.csv",
+        "sales/region=north/part-0.anomalies.csv",
+        "sales/region=south/part-0.anomalies.csv",
+        "single.anomalies.csv",
+    ]
     for r in reports:
         assert (tmp_path / "dask" / r).read_bytes() == (tmp_path / "seq" / r).read_bytes(), r
     assert [s["rows"] for s in on_dask] == [s["rows"] for s in in_order] == [150, 150, 150, len(df) - 450]

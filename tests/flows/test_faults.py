@@ -85,8 +85,9 @@ def test_score_cli_killed_at_random_points_never_leaves_a_partial_report(registe
 
     points = [0.5, 2.0, 5.0, random.Random(0).uniform(0.5, 0.8) * duration]
     for after in points:
-        run = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)  # its own group: the Prefect server it starts dies too
+        run = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )  # its own group: the Prefect server it starts dies too
         deadline = time.monotonic() + after
         while time.monotonic() < deadline and run.poll() is None:
             if final.exists():  # whenever a report is visible, it is the whole report

@@ -24,8 +24,11 @@ def test_train_flow_registers_a_version_with_the_alias(registered_model, session
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == registered_model["epochs"]
     assert run.data.params["alpha"] == "0.05"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "calibration")}
-    assert {"calibration/calibration_scores.csv", "calibration/score_distribution.png",
-            "calibration/calibration.json"} <= artifacts
+    assert {
+        "calibration/calibration_scores.csv",
+        "calibration/score_distribution.png",
+        "calibration/calibration.json",
+    } <= artifacts
     assert (session_home / "mlflow.db").is_file()  # the embedded store lives in VAE_ANOMALY_HOME
 
 
@@ -42,14 +45,16 @@ def test_pyfunc_predict_matches_the_score_flow(registered_model, prefect_harness
     assert summary["model_version"] == registered_model["version"] and summary["rows"] == len(df)
 
 
-def test_score_flow_fails_cleanly_on_a_bad_file_and_scores_the_good_one(registered_model, prefect_harness,
-                                                                      test_table, tmp_path):
+def test_score_flow_fails_cleanly_on_a_bad_file_and_scores_the_good_one(
+    registered_model, prefect_harness, test_table, tmp_path
+):
     df, _ = test_table
     good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
     df.to_csv(good, index=False)
     df.drop(columns=["a"]).to_csv(bad, index=False)
-    state = score(ScoreConfig(inputs=[good, bad], model="models:/test-model@champion", out=tmp_path / "o"),
-                  return_state=True)
+    state = score(
+        ScoreConfig(inputs=[good, bad], model="models:/test-model@champion", out=tmp_path / "o"), return_state=True
+    )
     assert state.is_failed()
     assert "bad.csv: missing column(s) ['a']" in state.message
     assert (tmp_path / "o" / "good.anomalies.csv").is_file()
@@ -57,8 +62,9 @@ def test_score_flow_fails_cleanly_on_a_bad_file_and_scores_the_good_one(register
 
 
 def test_unknown_alias_is_a_model_error(registered_model, prefect_harness, tmp_path):
-    state = score(ScoreConfig(inputs=[tmp_path / "x.csv"], model="models:/test-model@nope", out=tmp_path),
-                  return_state=True)
+    state = score(
+        ScoreConfig(inputs=[tmp_path / "x.csv"], model="models:/test-model@nope", out=tmp_path), return_state=True
+    )
     assert state.is_failed() and "models:/test-model@nope not found in the registry" in state.message
 
 
@@ -90,8 +96,7 @@ def test_score_flow_rules_labels_health_and_summary_json(registered_model, prefe
     src = tmp_path / "labelled.csv"
     df.assign(truth=y).to_csv(src, index=False)
     out = tmp_path / "o"
-    [s] = score(ScoreConfig(inputs=[src], model="models:/test-model@champion", out=out, fdr=0.1,
-                            label_column="truth"))
+    [s] = score(ScoreConfig(inputs=[src], model="models:/test-model@champion", out=out, fdr=0.1, label_column="truth"))
     report = pd.read_csv(s["report"])
     assert list(report.columns)[5:7] == ["p_value", "q_value"]
     assert report["is_anomaly"].tolist() == (report["q_value"] <= 0.1).astype(int).tolist()
@@ -103,19 +108,24 @@ def test_score_flow_rules_labels_health_and_summary_json(registered_model, prefe
     runs = mlflow.search_runs(experiment_names=["vae-anomaly-scoring"])
     assert len(runs) >= 1 and "metrics.ks_pvalue" in runs.columns
 
-    [f1] = score(ScoreConfig(inputs=[src], model="models:/test-model@champion", out=out, label_column="truth",
-                             f1_optimal=True))
+    [f1] = score(
+        ScoreConfig(inputs=[src], model="models:/test-model@champion", out=out, label_column="truth", f1_optimal=True)
+    )
     assert any("F1-optimal threshold" in n for n in f1["notes"])
     assert f1["metrics"]["f1"] >= s["metrics"]["f1"] - 1e-9 or f1["metrics"]["f1"] > 0.5
 
 
-def test_score_flow_f1_optimal_without_anomalies_keeps_the_fpr_rule(registered_model, prefect_harness,
-                                                                   test_table, tmp_path):
+def test_score_flow_f1_optimal_without_anomalies_keeps_the_fpr_rule(
+    registered_model, prefect_harness, test_table, tmp_path
+):
     df, y = test_table
     src = tmp_path / "normal_only.csv"
     df[y == 0].assign(truth=0).to_csv(src, index=False)
-    [s] = score(ScoreConfig(inputs=[src], model="models:/test-model@champion", out=tmp_path, label_column="truth",
-                            f1_optimal=True))
+    [s] = score(
+        ScoreConfig(
+            inputs=[src], model="models:/test-model@champion", out=tmp_path, label_column="truth", f1_optimal=True
+        )
+    )
     assert any("no labelled anomalies" in n for n in s["notes"])
     assert s["flagged"] < 0.2 * s["rows"]  # never falls back to flagging everything
 

@@ -46,8 +46,12 @@ def _fake_scorer(calls: list[Path] | None = None):
             calls.append(path)
         from pipeline.io import sha256_file
 
-        return {"report": str(report), "input_sha256": sha256_file(path), "model_uri": "models:/m@champion",
-                "model_version": "7"}
+        return {
+            "report": str(report),
+            "input_sha256": sha256_file(path),
+            "model_uri": "models:/m@champion",
+            "model_version": "7",
+        }
 
     return score
 
@@ -148,8 +152,12 @@ time.sleep(600)
 
 def test_a_claim_of_a_sigkilled_run_is_taken_over_and_the_file_scored_once(box):
     _put(box["inbox"], "x.csv")
-    proc = subprocess.Popen([sys.executable, "-c", _CLAIM_AND_HANG, str(box["inbox"]), str(box["outbox"])],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CLAIM_AND_HANG, str(box["inbox"]), str(box["outbox"])],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "claimed"
         m = Manifest(box["outbox"] / "manifest.sqlite3")
@@ -244,8 +252,20 @@ def test_a_file_whose_runs_keep_dying_is_quarantined_without_another_try(box):
     assert o.status == "quarantined" and "2 attempts never finished" in o.error and calls == []
 
 
-@pytest.mark.parametrize("rel", ["../x.csv", "a/../../x.csv", "/etc/passwd", "\\\\server\\share\\x.csv",
-                                 "C:x.csv", "", "a/\0b.csv", "..", "a\\..\\..\\x.csv"])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "../x.csv",
+        "a/../../x.csv",
+        "/etc/passwd",
+        "\\\\server\\share\\x.csv",
+        "C:x.csv",
+        "",
+        "a/\0b.csv",
+        "..",
+        "a\\..\\..\\x.csv",
+    ],
+)
 def test_safe_join_refuses_paths_that_leave_the_root(rel, tmp_path):
     with pytest.raises(inbox.Refused, match="unsafe path"):
         inbox.safe_join(tmp_path, rel)
@@ -362,15 +382,19 @@ def test_expand_inputs_maps_a_dataset_folder_to_one_report_folder_per_part(tmp_p
     pairs = inbox.expand_inputs([ds, single], tmp_path / "out")
     out = (tmp_path / "out").resolve()
     assert [(p.relative_to(tmp_path).as_posix(), o) for p, o in pairs] == [
-        ("sales/p1.csv", out / "sales"), ("sales/year=1/p0.parquet", out / "sales" / "year=1"),
-        ("sales/year=2/p0.parquet", out / "sales" / "year=2"), ("one.csv", tmp_path / "out")]
+        ("sales/p1.csv", out / "sales"),
+        ("sales/year=1/p0.parquet", out / "sales" / "year=1"),
+        ("sales/year=2/p0.parquet", out / "sales" / "year=2"),
+        ("one.csv", tmp_path / "out"),
+    ]
 
 
 # ---- the flow, with the session's registered model -------------------------------------------------------
 
 
-def test_score_inbox_flow_scores_new_files_once_and_quarantines_a_bad_one(registered_model, prefect_harness,
-                                                                         test_table, box):
+def test_score_inbox_flow_scores_new_files_once_and_quarantines_a_bad_one(
+    registered_model, prefect_harness, test_table, box
+):
     from flows.config import InboxConfig
     from flows.inbox import score_inbox
 
@@ -381,13 +405,17 @@ def test_score_inbox_flow_scores_new_files_once_and_quarantines_a_bad_one(regist
     df.drop(columns=["a"]).head(10).to_csv(box["inbox"] / "bad.csv", index=False)
     for p in box["inbox"].rglob("*.*"):
         _old(p)
-    config = InboxConfig(inbox=box["inbox"], outbox=box["outbox"], model="models:/test-model@champion",
-                         max_attempts=1, min_age_s=1)
+    config = InboxConfig(
+        inbox=box["inbox"], outbox=box["outbox"], model="models:/test-model@champion", max_attempts=1, min_age_s=1
+    )
     state = score_inbox(config, return_state=True)
     assert state.is_failed() and "bad.csv: quarantined" in state.message
     outcomes = {o["path"]: o for o in state.result(raise_on_failure=False)}
-    assert {k: o["status"] for k, o in outcomes.items()} == {"bad.csv": "quarantined", "good.csv": "done",
-                                                             "nested/good2.parquet": "done"}
+    assert {k: o["status"] for k, o in outcomes.items()} == {
+        "bad.csv": "quarantined",
+        "good.csv": "done",
+        "nested/good2.parquet": "done",
+    }
     report = pd.read_csv(box["outbox"] / "nested" / "good2.anomalies.csv", dtype={"id": str})
     assert report["id"].tolist() == df["id"].head(20).tolist()
     assert (box["outbox"] / "good.summary.json").is_file()
@@ -410,9 +438,14 @@ def test_inbox_config_and_cli_refuse_contradictions(tmp_path):
     assert schedule_of(parse(["--inbox", "i", "--outbox", "o"])) is None
     assert schedule_of(parse(["--inbox", "i", "--outbox", "o", "--interval", "30"])) == {"interval": 30.0}
     assert schedule_of(parse(["--inbox", "i", "--outbox", "o", "--serve", "--cron", "*/5 * * * *"])) == {
-        "cron": "*/5 * * * *"}
-    for argv, message in [(["--serve"], "--serve needs a schedule"), (["--once", "--interval", "5"], "--once cannot"),
-                          (["--interval", "5", "--cron", "* * * * *"], "not both"), (["--interval", "0"], "> 0")]:
+        "cron": "*/5 * * * *"
+    }
+    for argv, message in [
+        (["--serve"], "--serve needs a schedule"),
+        (["--once", "--interval", "5"], "--once cannot"),
+        (["--interval", "5", "--cron", "* * * * *"], "not both"),
+        (["--interval", "0"], "> 0"),
+    ]:
         with pytest.raises(InputError, match=message):
             schedule_of(parse(["--inbox", "i", "--outbox", "o", *argv]))
 
@@ -446,20 +479,34 @@ def test_serve_without_a_prefect_server_is_a_one_line_error(tmp_path):
     from flows.inbox import serve
 
     config = InboxConfig(inbox=tmp_path / "i", outbox=tmp_path / "o")
-    with temporary_settings(restore_defaults={PREFECT_API_URL}), \
-            pytest.raises(InputError, match="--serve needs a running Prefect server: start one with"):
+    with (
+        temporary_settings(restore_defaults={PREFECT_API_URL}),
+        pytest.raises(InputError, match="--serve needs a running Prefect server: start one with"),
+    ):
         serve(config, {"interval": 60}, "score-inbox")
 
 
-def test_inbox_cli_once_prints_outcomes_and_exits_2_for_a_quarantined_file(registered_model, prefect_harness,
-                                                                          test_table, box, capsys):
+def test_inbox_cli_once_prints_outcomes_and_exits_2_for_a_quarantined_file(
+    registered_model, prefect_harness, test_table, box, capsys
+):
     from flows.inbox import main
 
     df, _ = test_table
     df.head(30).to_csv(box["inbox"] / "ok.csv", index=False)
     (box["inbox"] / "broken.parquet").write_bytes(b"PAR1 not really")
-    argv = ["--inbox", str(box["inbox"]), "--outbox", str(box["outbox"]), "--model", "models:/test-model@champion",
-            "--min-age", "0", "--max-attempts", "1", "--once"]
+    argv = [
+        "--inbox",
+        str(box["inbox"]),
+        "--outbox",
+        str(box["outbox"]),
+        "--model",
+        "models:/test-model@champion",
+        "--min-age",
+        "0",
+        "--max-attempts",
+        "1",
+        "--once",
+    ]
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert f"{box['inbox'].resolve()}: " in out and "1 done" in out and "1 quarantined" in out

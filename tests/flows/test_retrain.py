@@ -30,7 +30,8 @@ def drifted(n: int, seed: int, anomalies: int = 0) -> tuple[pd.DataFrame, np.nda
 
 
 def test_retrain_promotes_a_better_challenger_and_keeps_the_champion_against_a_worse_one(
-        prefect_harness, session_home, tmp_path):
+    prefect_harness, session_home, tmp_path
+):
     first = tmp_path / "first.csv"
     make_table(300, seed=31)[0].to_csv(first, index=False)
     common = {"model_name": NAME, "id_columns": ["id"], "alpha": 0.1, "max_epochs": 8}
@@ -66,18 +67,40 @@ def test_retrain_promotes_a_better_challenger_and_keeps_the_champion_against_a_w
     df["truth"] = 0
     df.loc[rows[:60], "truth"] = 1
     df.to_csv(labelled, index=False)
-    r = subprocess.run([sys.executable, "-m", "flows.retrain", str(labelled), "--model-name", NAME, "--label-column",
-                        "truth", "--id-columns", "id", "--alpha", "0.1", "--max-epochs", "8"],
-                       cwd=tmp_path, env=harness_env(session_home, tmp_path), capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.retrain",
+            str(labelled),
+            "--model-name",
+            NAME,
+            "--label-column",
+            "truth",
+            "--id-columns",
+            "id",
+            "--alpha",
+            "0.1",
+            "--max-epochs",
+            "8",
+        ],
+        cwd=tmp_path,
+        env=harness_env(session_home, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     v3 = alias_version(NAME, "challenger")
     assert int(v3) == int(v2) + 1 and alias_version(NAME, "champion") == v2, r.stdout
     assert f"kept {NAME} v{v2} as champion; v{v3} stays the challenger" in r.stdout
     assert "rule: labelled-auroc: kept the champion: AUROC" in r.stdout
     assert client.get_model_version(NAME, v3).tags["retrain.outcome"] == "kept"
-    [run] = mlflow.search_runs(experiment_names=["vae-anomaly-retrain"], filter_string=f"params.challenger_version"
-                               f" = '{v3}' and params.model_name = '{NAME}'", output_format="list")
+    [run] = mlflow.search_runs(
+        experiment_names=["vae-anomaly-retrain"],
+        filter_string=f"params.challenger_version = '{v3}' and params.model_name = '{NAME}'",
+        output_format="list",
+    )
     m = run.data.metrics
     assert m["challenger_auroc"] < m["champion_auroc"] - 0.1 and m["champion_n_anomalies"] == 60
     assert {"champion_auprc", "challenger_auprc", "champion_fpr_pvalue"} <= set(m)
@@ -86,8 +109,9 @@ def test_retrain_promotes_a_better_challenger_and_keeps_the_champion_against_a_w
 def test_retrain_refuses_a_champion_that_cannot_score_the_new_data_before_training(registered_model, tmp_path):
     data = tmp_path / "renamed.csv"
     make_table(300, seed=34)[0].rename(columns={"b": "beta"}).to_csv(data, index=False)
-    state = retrain(RetrainConfig(data=data, model_name="test-model", id_columns=["id"], alpha=0.1, max_epochs=2),
-                    return_state=True)
+    state = retrain(
+        RetrainConfig(data=data, model_name="test-model", id_columns=["id"], alpha=0.1, max_epochs=2), return_state=True
+    )
     assert state.is_failed() and "(held-out rows, champion): missing column(s) ['b']" in state.message
     assert alias_version("test-model", "challenger") is None  # nothing was trained or registered
 

@@ -36,8 +36,7 @@ def _poisoned_model(det, tmp: Path) -> tuple[Path, Path]:
 
 def test_formula_ids_are_neutralised_through_the_score_path_and_numbers_are_not(fitted_detector, tmp_path):
     df, _ = make_table(8, seed=6)
-    ids = ["=HYPERLINK(\"http://evil\",\"x\")", "+1+1", "-cmd|' /C calc'!A0", "@SUM(A1)", "\t=1", "\r=2",
-           "-12.5", "+3e2"]
+    ids = ['=HYPERLINK("http://evil","x")', "+1+1", "-cmd|' /C calc'!A0", "@SUM(A1)", "\t=1", "\r=2", "-12.5", "+3e2"]
     src = tmp_path / "formulas.csv"
     df.assign(id=ids).to_csv(src, index=False, lineterminator="\r\n")  # quotes the cell holding "\r"
     s = score_file(fitted_detector, src, tmp_path / "out")
@@ -67,8 +66,12 @@ def test_poisoned_or_incomplete_logged_model_is_a_model_error(fitted_detector, t
 
     folder, marker = _poisoned_model(fitted_detector, tmp_path)
     saved = tmp_path / "pyfunc"
-    mlflow.pyfunc.save_model(saved, python_model=str(PROJECT_DIR / "flows" / "pyfunc_entry.py"),
-                             artifacts={"detector": str(folder)}, pip_requirements=["torch"])
+    mlflow.pyfunc.save_model(
+        saved,
+        python_model=str(PROJECT_DIR / "flows" / "pyfunc_entry.py"),
+        artifacts={"detector": str(folder)},
+        pip_requirements=["torch"],
+    )
     with pytest.raises(ModelError, match=r"cannot be loaded: .*refused: the file holds pickled objects"):
         load_model(str(saved))
     assert not marker.exists()
@@ -99,8 +102,11 @@ def test_unreachable_tracking_server_fails_fast_with_code_4_and_no_credentials(t
     os.environ["MLFLOW_TRACKING_URI"] = "http://user:secret@127.0.0.1:9"
     try:
         t0 = time.monotonic()
-        r = _run(["-m", "flows.score", str(src), "--model", "models:/m@champion", "--out", str(tmp_path / "o")],
-                 session_home, tmp_path)
+        r = _run(
+            ["-m", "flows.score", str(src), "--model", "models:/m@champion", "--out", str(tmp_path / "o")],
+            session_home,
+            tmp_path,
+        )
         seconds = time.monotonic() - t0
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]

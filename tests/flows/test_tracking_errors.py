@@ -85,23 +85,37 @@ def harness_env(home: Path, tmp: Path, **extra: str) -> dict[str, str]:
     from prefect.settings import PREFECT_API_URL
 
     inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    return {**inherited, "VAE_ANOMALY_HOME": str(home), "PREFECT_HOME": str(tmp / "prefect-cli"),
-            "PREFECT_API_URL": str(PREFECT_API_URL.value()), **extra}
+    return {
+        **inherited,
+        "VAE_ANOMALY_HOME": str(home),
+        "PREFECT_HOME": str(tmp / "prefect-cli"),
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        **extra,
+    }
 
 
 @pytest.mark.parametrize("foreign_server", [(404, b"<!DOCTYPE HTML><title>Not Found</title>")], indirect=True)
-def test_a_web_server_that_is_not_mlflow_exits_4_naming_the_uri(foreign_server, prefect_harness, session_home,
-                                                                tmp_path):
+def test_a_web_server_that_is_not_mlflow_exits_4_naming_the_uri(
+    foreign_server, prefect_harness, session_home, tmp_path
+):
     src = tmp_path / "batch.csv"
     make_table(5)[0].to_csv(src, index=False)
     env = harness_env(session_home, tmp_path, MLFLOW_TRACKING_URI=f"http://user:secret@127.0.0.1:{foreign_server.port}")
-    r = subprocess.run([sys.executable, "-m", "flows.score", str(src), "--model", "models:/m@champion", "--out",
-                        str(tmp_path / "o")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.score", str(src), "--model", "models:/m@champion", "--out", str(tmp_path / "o")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 4, r.stderr  # before: 3, "model models:/m@champion not found in the registry"
     errors = [line for line in r.stderr.splitlines() if line.startswith("python -m flows.score: error:")]
-    assert errors == [f"python -m flows.score: error: the server at http://***@127.0.0.1:{foreign_server.port} is "
-                      f"not an MLflow tracking server: it answered HTTP 404 to {ALIAS_ENDPOINT} without MLflow's "
-                      "JSON error: check MLFLOW_TRACKING_URI"]
+    assert errors == [
+        f"python -m flows.score: error: the server at http://***@127.0.0.1:{foreign_server.port} is "
+        f"not an MLflow tracking server: it answered HTTP 404 to {ALIAS_ENDPOINT} without MLflow's "
+        "JSON error: check MLFLOW_TRACKING_URI"
+    ]
     assert "secret" not in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr
     assert not (tmp_path / "o").exists()
 
@@ -109,12 +123,16 @@ def test_a_web_server_that_is_not_mlflow_exits_4_naming_the_uri(foreign_server, 
 @pytest.mark.parametrize(
     ("foreign_server", "message"),
     [
-        ((404, b'{"detail": "Not Found"}', "application/json"),
-         "is not an MLflow tracking server: it answered a REST call with JSON that is not MLflow's: "
-         "{'detail': 'Not Found'}: check MLFLOW_TRACKING_URI"),
-        ((401, b"You are not authenticated.", "text/plain"),
-         f"refused the request (it answered HTTP 401 to {ALIAS_ENDPOINT} without MLflow's JSON error): check "
-         "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN"),
+        (
+            (404, b'{"detail": "Not Found"}', "application/json"),
+            "is not an MLflow tracking server: it answered a REST call with JSON that is not MLflow's: "
+            "{'detail': 'Not Found'}: check MLFLOW_TRACKING_URI",
+        ),
+        (
+            (401, b"You are not authenticated.", "text/plain"),
+            f"refused the request (it answered HTTP 401 to {ALIAS_ENDPOINT} without MLflow's JSON error): check "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN",
+        ),
     ],
     indirect=["foreign_server"],
 )
@@ -137,8 +155,10 @@ def test_a_server_that_is_down_is_retried_with_backoff_then_fails_clearly(foreig
     with pytest.raises(TrackingUnavailable) as e:
         tracking.load_model("models:/m@champion")
     assert time.monotonic() - t0 < 30
-    assert str(e.value) == (f"cannot reach the MLflow tracking server at http://127.0.0.1:{foreign_server.port}: "
-                            "it answered HTTP 503 to every try (3 retries with backoff)")
+    assert str(e.value) == (
+        f"cannot reach the MLflow tracking server at http://127.0.0.1:{foreign_server.port}: "
+        "it answered HTTP 503 to every try (3 retries with backoff)"
+    )
     gaps = [b - a for a, b in zip(foreign_server.times, foreign_server.times[1:], strict=False)]
     assert len(foreign_server.times) == 4, gaps  # the first try and 3 retries
     assert gaps[1] >= 1.9 and gaps[2] >= 3.9 and gaps[2] > gaps[1] > gaps[0], gaps  # exponential backoff

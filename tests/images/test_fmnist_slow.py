@@ -13,8 +13,9 @@ DATA = Path(os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "fashion-mnist" / "train-images-idx3-ubyte.gz").is_file(),
-                    reason=f"Fashion-MNIST not found in {DATA}")
+@pytest.mark.skipif(
+    not (DATA / "fashion-mnist" / "train-images-idx3-ubyte.gz").is_file(), reason=f"Fashion-MNIST not found in {DATA}"
+)
 def test_fashion_mnist_trouser_vs_rest_quality_floor():
     from sklearn.metrics import roc_auc_score
 

@@ -70,8 +70,9 @@ def test_report_contract_and_contact_sheet(image_detector, digit_files, tmp_path
 
     with Image.open(s.contact_sheet) as im:
         assert im.format == "PNG" and im.height > im.width  # one row per top-k image
-    fdr = score_images_batch(image_detector, digit_files.new_batch, tmp_path / "fdr", rule=FlagRule("fdr", 0.1),
-                             top_k=0)
+    fdr = score_images_batch(
+        image_detector, digit_files.new_batch, tmp_path / "fdr", rule=FlagRule("fdr", 0.1), top_k=0
+    )
     rep = pd.read_csv(fdr.report)
     assert "q_value" in rep.columns and ((rep["q_value"] <= 0.1) == (rep["is_anomaly"] == 1)).all()
     assert fdr.contact_sheet is None

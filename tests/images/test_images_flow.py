@@ -16,8 +16,11 @@ def registered_image_model(prefect_harness, digit_files) -> dict:
     from flows.config import ImageTrainConfig
     from flows.train_images import train_images
 
-    return train_images(ImageTrainConfig(data=[str(digit_files.train)], model_name="test-images", alpha=0.05,
-                                         max_epochs=8, device="cpu"))
+    return train_images(
+        ImageTrainConfig(
+            data=[str(digit_files.train)], model_name="test-images", alpha=0.05, max_epochs=8, device="cpu"
+        )
+    )
 
 
 def test_kind_is_detected_from_the_input_or_given(tmp_path, digit_files):
@@ -43,15 +46,19 @@ def test_train_flow_registers_an_image_model(registered_image_model):
     assert len(client.get_metric_history(r["run_id"], "val_loss")) == r["epochs"]
 
 
-def test_score_flow_writes_report_and_contact_sheet_and_pyfunc_agrees(registered_image_model, prefect_harness,
-                                                                      digit_files, tmp_path):
+def test_score_flow_writes_report_and_contact_sheet_and_pyfunc_agrees(
+    registered_image_model, prefect_harness, digit_files, tmp_path
+):
     from flows.config import ImageScoreConfig
     from flows.score_images import score_images
 
     (digit_files.new_batch / "zz_corrupt.png").write_bytes(b"not a png")
     try:
-        [s] = score_images(ImageScoreConfig(inputs=[str(digit_files.new_batch)], model="models:/test-images@champion",
-                                            out=tmp_path, top_k=4))
+        [s] = score_images(
+            ImageScoreConfig(
+                inputs=[str(digit_files.new_batch)], model="models:/test-images@champion", out=tmp_path, top_k=4
+            )
+        )
     finally:
         (digit_files.new_batch / "zz_corrupt.png").unlink()
     report = pd.read_csv(s["report"])
@@ -96,14 +103,24 @@ def test_explore_commands_write_files_and_log_them(registered_image_model, digit
     from flows.explore import main
 
     files = sorted(p for p in (digit_files.new_batch / "0").iterdir())[:2]
-    args = {"samples": ["--n", "8"], "interpolate": [str(files[0]), str(files[1]), "--steps", "4"],
-            "latent": [str(digit_files.new_batch)], "reconstruct": [str(f) for f in files]}[command]
+    args = {
+        "samples": ["--n", "8"],
+        "interpolate": [str(files[0]), str(files[1]), "--steps", "4"],
+        "latent": [str(digit_files.new_batch)],
+        "reconstruct": [str(f) for f in files],
+    }[command]
     assert main([command, *args, "--model", "models:/test-images@champion", "--out", str(tmp_path)]) == 0
-    expected = {"samples": ["prior_samples.png"], "interpolate": ["interpolation.png"],
-                "latent": ["latent_2d.png", "latent_3d.html"], "reconstruct": ["reconstructions.png"]}[command]
+    expected = {
+        "samples": ["prior_samples.png"],
+        "interpolate": ["interpolation.png"],
+        "latent": ["latent_2d.png", "latent_3d.html"],
+        "reconstruct": ["reconstructions.png"],
+    }[command]
     assert sorted(p.name for p in tmp_path.iterdir()) == expected
     assert all((tmp_path / f).stat().st_size > 1000 for f in expected)
-    runs = mlflow.search_runs(experiment_names=["vae-anomaly-explore"], output_format="list",
-                              filter_string=f"tags.command = '{command}'")
+    runs = mlflow.search_runs(
+        experiment_names=["vae-anomaly-explore"], output_format="list", filter_string=f"tags.command = '{command}'"
+    )
     assert {a.path for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id, command)} == {
-        f"{command}/{f}" for f in expected}
+        f"{command}/{f}" for f in expected
+    }

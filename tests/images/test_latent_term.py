@@ -30,9 +30,17 @@ def _images(n: int, seed: int) -> np.ndarray:
 def fitted() -> tuple[ImageVAEDetector, np.ndarray]:
     """Two tiny VAEs (2 epochs) with the latent term on (k=1, w=0.7), and their 150 training images."""
     X = _images(150, 0)
-    det = ImageVAEDetector(alpha=0.1, latent_dim=3, conv_channels=(4, 8), hidden=16, n_models=2, latent_k=1,
-                           latent_weight=0.7, density_space="latent",
-                           train_config=ImageTrainConfig(max_epochs=2, device="cpu"))
+    det = ImageVAEDetector(
+        alpha=0.1,
+        latent_dim=3,
+        conv_channels=(4, 8),
+        hidden=16,
+        n_models=2,
+        latent_k=1,
+        latent_weight=0.7,
+        density_space="latent",
+        train_config=ImageTrainConfig(max_epochs=2, device="cpu"),
+    )
     return det.fit(X), X
 
 
@@ -92,8 +100,14 @@ def test_save_load_round_trips_the_latent_state(fitted, tmp_path):
 
 def test_models_saved_before_the_latent_term_still_load(tmp_path):
     X = _images(150, 0)
-    det = ImageVAEDetector(alpha=0.1, latent_dim=3, conv_channels=(4, 8), hidden=16, latent_k=0,
-                           train_config=ImageTrainConfig(max_epochs=1, device="cpu")).fit(X)
+    det = ImageVAEDetector(
+        alpha=0.1,
+        latent_dim=3,
+        conv_channels=(4, 8),
+        hidden=16,
+        latent_k=0,
+        train_config=ImageTrainConfig(max_epochs=1, device="cpu"),
+    ).fit(X)
     d = det.save(tmp_path / "old")
     meta = json.loads((d / META_FILE).read_text())
     for key in ("latent_k", "latent_weight", "cosine_weight", "density_space"):
@@ -126,9 +140,17 @@ def _unit(f: np.ndarray) -> np.ndarray:
 
 def test_conv_density_terms_are_the_distances_between_feature_maps_raw_and_at_unit_length(tmp_path):
     X = _images(150, 0)
-    det = ImageVAEDetector(alpha=0.1, latent_dim=3, conv_channels=(4, 8), hidden=16, latent_k=2, latent_weight=1.5,
-                           cosine_weight=3.0, density_space="conv",
-                           train_config=ImageTrainConfig(max_epochs=2, device="cpu")).fit(X)
+    det = ImageVAEDetector(
+        alpha=0.1,
+        latent_dim=3,
+        conv_channels=(4, 8),
+        hidden=16,
+        latent_k=2,
+        latent_weight=1.5,
+        cosine_weight=3.0,
+        density_space="conv",
+        train_config=ImageTrainConfig(max_epochs=2, device="cpu"),
+    ).fit(X)
     m = det.models_[0]
     split = split_rows(len(X), det.val_fraction, det.cal_fraction, det.seed)
     train, val, new = _conv(m, X), _conv(m, X[split.val]), _images(40, 3)  # references: all 150 images

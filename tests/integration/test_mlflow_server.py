@@ -40,8 +40,9 @@ def free_port() -> int:
 def start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     """Start ``cmd`` in a new process group (so that its workers stop with it), output to ``log``."""
     with log.open("wb") as f:
-        return subprocess.Popen(cmd, cwd=log.parent, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, cwd=log.parent, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -87,18 +88,36 @@ def cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
     return r
 
 
-def test_train_register_score_and_serve_against_a_real_mlflow_server(prefect_harness, session_home, tmp_path,
-                                                                     processes):
+def test_train_register_score_and_serve_against_a_real_mlflow_server(
+    prefect_harness, session_home, tmp_path, processes
+):
     port, serve_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     base_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     server_env = {**base_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     (tmp_path / "server").mkdir()
     server_log = tmp_path / "server" / "server.log"
-    processes.append(start([str(BIN / "mlflow"), "server", "--backend-store-uri",
-                            f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}",
-                            "--artifacts-destination", str(tmp_path / "server" / "artifacts"), "--serve-artifacts",
-                            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], server_log, server_env))
+    processes.append(
+        start(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(tmp_path / "server" / "artifacts"),
+                "--serve-artifacts",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            server_log,
+            server_env,
+        )
+    )
 
     train_df = make_table(300, seed=21)[0]
     batch, _ = make_table(40, seed=22, anomalies=4)
@@ -109,8 +128,24 @@ def test_train_register_score_and_serve_against_a_real_mlflow_server(prefect_har
     env = harness_env(home, tmp_path, MLFLOW_TRACKING_URI=url)
     wait_http(f"{url}/health", processes[0], server_log)
 
-    cli(["-m", "flows.train", "--data", str(tmp_path / "train.csv"), "--model-name", MODEL, "--id-columns", "id",
-         "--alpha", "0.1", "--max-epochs", "3"], env, tmp_path)
+    cli(
+        [
+            "-m",
+            "flows.train",
+            "--data",
+            str(tmp_path / "train.csv"),
+            "--model-name",
+            MODEL,
+            "--id-columns",
+            "id",
+            "--alpha",
+            "0.1",
+            "--max-epochs",
+            "3",
+        ],
+        env,
+        tmp_path,
+    )
     client = mlflow.MlflowClient(tracking_uri=url, registry_uri=url)
     version = client.get_model_version_by_alias(MODEL, "champion").version
     assert str(version) == "1"
@@ -119,11 +154,38 @@ def test_train_register_score_and_serve_against_a_real_mlflow_server(prefect_har
 
     # The REST server starts while the score CLI runs (both only read the registry).
     serve_log = tmp_path / "serve.log"
-    processes.append(start([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
-                            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(serve_port)], serve_log,
-                           {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}))
-    r = cli(["-m", "flows.score", str(tmp_path / "batch.csv"), "--model", f"models:/{MODEL}@champion", "--out",
-             str(tmp_path / "out")], env, tmp_path)
+    processes.append(
+        start(
+            [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{MODEL}@champion",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(serve_port),
+            ],
+            serve_log,
+            {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"},
+        )
+    )
+    r = cli(
+        [
+            "-m",
+            "flows.score",
+            str(tmp_path / "batch.csv"),
+            "--model",
+            f"models:/{MODEL}@champion",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env,
+        tmp_path,
+    )
     assert f"model {MODEL} v1" in r.stdout
     report = pd.read_csv(tmp_path / "out" / "batch.anomalies.csv", dtype=str, keep_default_na=False)
     assert len(report) == len(batch) and report["id"].tolist() == batch["id"].tolist()
@@ -134,8 +196,9 @@ def test_train_register_score_and_serve_against_a_real_mlflow_server(prefect_har
 
     wait_http(f"http://127.0.0.1:{serve_port}/ping", processes[1], serve_log, timeout=90)
     payload = json.dumps({"dataframe_split": json.loads(batch.to_json(orient="split", index=False))}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{serve_port}/invocations", data=payload,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{serve_port}/invocations", data=payload, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=60) as resp:
         predictions = pd.DataFrame(json.loads(resp.read())["predictions"])
     assert list(predictions.columns) == ["score", "threshold", "is_anomaly"] and len(predictions) == len(batch)
@@ -143,13 +206,21 @@ def test_train_register_score_and_serve_against_a_real_mlflow_server(prefect_har
     assert [f"{v:.9g}" for v in predictions["score"]] == report["score"].tolist()
     assert [f"{v:.9g}" for v in predictions["threshold"]] == report["threshold"].tolist()
     assert predictions["is_anomaly"].astype(str).tolist() == report["is_anomaly"].tolist()
-    csv_req = urllib.request.Request(f"http://127.0.0.1:{serve_port}/invocations", headers={"Content-Type": "text/csv"},
-                                     data=(tmp_path / "batch.csv").read_bytes())  # the file itself, as curl sends it
+    csv_req = urllib.request.Request(
+        f"http://127.0.0.1:{serve_port}/invocations",
+        headers={"Content-Type": "text/csv"},
+        data=(tmp_path / "batch.csv").read_bytes(),
+    )  # the file itself, as curl sends it
     with urllib.request.urlopen(csv_req, timeout=60) as resp:
         assert pd.DataFrame(json.loads(resp.read())["predictions"]).equals(predictions)
 
     with pytest.raises(urllib.error.HTTPError) as bad:  # a missing column is a 400 naming it, not a crash
-        urllib.request.urlopen(urllib.request.Request(
-            f"http://127.0.0.1:{serve_port}/invocations", headers={"Content-Type": "application/json"},
-            data=json.dumps({"dataframe_split": {"columns": ["a"], "data": [[1.0]]}}).encode()), timeout=60)
+        urllib.request.urlopen(
+            urllib.request.Request(
+                f"http://127.0.0.1:{serve_port}/invocations",
+                headers={"Content-Type": "application/json"},
+                data=json.dumps({"dataframe_split": {"columns": ["a"], "data": [[1.0]]}}).encode(),
+            ),
+            timeout=60,
+        )
     assert bad.value.code == 400 and "b" in bad.value.read().decode()

@@ -32,8 +32,9 @@ def _free_port() -> int:
 
 def _api(url: str, body: dict[str, Any] | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
-                                 method="GET" if body is None else "POST")
+    req = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST"
+    )
     with urllib.request.urlopen(req, timeout=5) as r:
         return json.loads(r.read())
 
@@ -82,8 +83,13 @@ def _log_tail(path: Path) -> str:
 def test_served_score_inbox_scores_a_dropped_file_in_a_scheduled_run(registered_model, test_table, tmp_path):
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    }
     env.pop("PREFECT_API_URL", None)  # VAE_ANOMALY_HOME (the session's MLflow store) is inherited
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     inbox.mkdir()
@@ -91,28 +97,66 @@ def test_served_score_inbox_scores_a_dropped_file_in_a_scheduled_run(registered_
     procs: list[subprocess.Popen] = []
     try:
         with open(logs["server"], "w") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                    env=env,
+                    cwd=tmp_path,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         _wait("the Prefect server", lambda: _api(f"{api}/health") is True, 60, procs)
-        serve_env = {**env, "PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-                     "PREFECT_HOME": str(tmp_path / "prefect-client")}
+        serve_env = {
+            **env,
+            "PREFECT_API_URL": api,
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PREFECT_HOME": str(tmp_path / "prefect-client"),
+        }
         with open(logs["serve"], "w") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "flows.inbox", "--inbox", str(inbox), "--outbox", str(outbox),
-                 "--model", "models:/test-model@champion", "--min-age", "0.5", "--interval", "2"],
-                env=serve_env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        _wait("the score-inbox deployment",
-              lambda: _api(f"{api}/deployments/filter", {"deployments": {"name": {"any_": ["score-inbox"]}}}),
-              30, procs)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "flows.inbox",
+                        "--inbox",
+                        str(inbox),
+                        "--outbox",
+                        str(outbox),
+                        "--model",
+                        "models:/test-model@champion",
+                        "--min-age",
+                        "0.5",
+                        "--interval",
+                        "2",
+                    ],
+                    env=serve_env,
+                    cwd=tmp_path,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        _wait(
+            "the score-inbox deployment",
+            lambda: _api(f"{api}/deployments/filter", {"deployments": {"name": {"any_": ["score-inbox"]}}}),
+            30,
+            procs,
+        )
         df, _ = test_table
         df.head(40).to_csv(inbox / ".batch.csv.tmp", index=False)  # written under a hidden name, then renamed
         (inbox / ".batch.csv.tmp").rename(inbox / "batch.csv")
         report = outbox / "batch.anomalies.csv"
         _wait("the report", report.exists, 90, procs)
         [entry] = Manifest(outbox / "manifest.sqlite3").entries()
-        run = _wait("the flow run to complete", lambda: (r := _api(f"{api}/flow_runs/{entry.run_id}"))["state_type"]
-                    == "COMPLETED" and r, 30, procs)
+        run = _wait(
+            "the flow run to complete",
+            lambda: (r := _api(f"{api}/flow_runs/{entry.run_id}"))["state_type"] == "COMPLETED" and r,
+            30,
+            procs,
+        )
         assert run["auto_scheduled"] is True and run["deployment_id"]  # created by the server's scheduler
         # the report is renamed into place before the manifest row is marked done: read the row again
         [entry] = Manifest(outbox / "manifest.sqlite3").entries()

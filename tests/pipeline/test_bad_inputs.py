@@ -185,11 +185,11 @@ def test_large_but_representable_values_get_a_finite_high_score(fitted_detector,
 
 def test_bom_crlf_and_quoted_newlines_are_read(fitted_detector, tmp_path):
     df = _table()
-    df.loc[1, "id"] = "line one\nline two, \"quoted\""
+    df.loc[1, "id"] = 'line one\nline two, "quoted"'
     text = _csv(df)
     plain = _score(fitted_detector, text, tmp_path, "plain.csv")
     bom = _score(fitted_detector, b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode(), tmp_path, "bom.csv")
-    assert bom["id"][1] == "line one\r\nline two, \"quoted\""  # the quoted newline is kept as written
+    assert bom["id"][1] == 'line one\r\nline two, "quoted"'  # the quoted newline is kept as written
     assert bom["id"].drop(1).tolist() == plain["id"].drop(1).tolist()
     assert bom["score"].tolist() == plain["score"].tolist()
     assert plain["id"][1] == df["id"][1]

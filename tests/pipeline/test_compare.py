@@ -16,9 +16,18 @@ from vae.config import TrainConfig
 
 def ev(fp: int = 5, n: int = 200, alpha: float = 0.05, auroc: float | None = None) -> Evaluation:
     """An evaluation with ``fp`` false positives of ``n`` normal rows (p-value as evaluate computes it)."""
-    return Evaluation(alpha=alpha, threshold=1.0, n_normal=n, false_positives=fp, fpr=fp / n,
-                      fpr_pvalue=float(binom.sf(fp - 1, n, alpha)), n_anomalies=0 if auroc is None else 20,
-                      auroc=auroc, auprc=None if auroc is None else auroc - 0.1, recall=None)
+    return Evaluation(
+        alpha=alpha,
+        threshold=1.0,
+        n_normal=n,
+        false_positives=fp,
+        fpr=fp / n,
+        fpr_pvalue=float(binom.sf(fp - 1, n, alpha)),
+        n_anomalies=0 if auroc is None else 20,
+        auroc=auroc,
+        auprc=None if auroc is None else auroc - 0.1,
+        recall=None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +55,13 @@ def test_holdout_split_holds_out_a_seeded_share_of_normal_rows_and_every_labelle
     ("n", "fraction", "label", "message"),
     [
         (300, 1.0, None, "holdout fraction must be in (0, 1), got 1.0"),
-        (60, 0.2, None, "holding out 20% of 60 normal rows leaves 12 to compare the models on, fewer than 20: give "
-                        "more rows or raise the holdout fraction"),
+        (
+            60,
+            0.2,
+            None,
+            "holding out 20% of 60 normal rows leaves 12 to compare the models on, fewer than 20: give "
+            "more rows or raise the holdout fraction",
+        ),
         (300, 0.2, "nope", "label column 'nope' not found"),
     ],
 )
@@ -62,8 +76,9 @@ def test_evaluate_counts_false_positives_at_the_models_own_threshold(small_detec
     e = evaluate(small_detector, df.assign(truth=y), "truth")
     normal_flags = int((scores[y == 0] > small_detector.threshold_).sum())
     assert (e.n_normal, e.n_anomalies, e.false_positives) == (360, 40, normal_flags)
-    assert e.fpr == pytest.approx(normal_flags / 360) and e.fpr_pvalue == pytest.approx(binom.sf(normal_flags - 1,
-                                                                                                 360, 0.1))
+    assert e.fpr == pytest.approx(normal_flags / 360) and e.fpr_pvalue == pytest.approx(
+        binom.sf(normal_flags - 1, 360, 0.1)
+    )
     assert e.auroc == pytest.approx(roc_auc_score(y, scores)) and e.auroc > 0.75
     assert e.recall == pytest.approx(float(np.mean(scores[y == 1] > small_detector.threshold_)))
     # Same distribution as training: the threshold keeps its promise. Judged with the calibration noise: with
@@ -105,9 +120,9 @@ def test_a_miscalibrated_challenger_is_never_promoted():
 @pytest.mark.parametrize(
     ("challenger", "champion", "promote"),
     [
-        (0.92, 0.90, True),     # better by 0.02 >= margin 0.01
-        (0.909, 0.90, False),   # better by less than the margin: no churn
-        (0.95, 0.96, False),    # worse
+        (0.92, 0.90, True),  # better by 0.02 >= margin 0.01
+        (0.909, 0.90, False),  # better by less than the margin: no churn
+        (0.95, 0.96, False),  # worse
     ],
 )
 def test_with_labels_the_challenger_must_rank_better_by_the_margin(challenger, champion, promote):

@@ -59,8 +59,12 @@ def test_missing_values_and_unseen_categories_are_scored(fitted_detector, test_t
 
 def test_labelled_anomalies_are_kept_out_of_training():
     df, y = make_table(800, seed=3, anomalies=40)
-    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], label_column="label",
-                             train_config=__import__("vae.config").config.TrainConfig(max_epochs=3))
+    det = VAEAnomalyDetector(
+        alpha=0.1,
+        id_columns=["id"],
+        label_column="label",
+        train_config=__import__("vae.config").config.TrainConfig(max_epochs=3),
+    )
     det.fit(df.assign(label=y))
     assert det.n_rows_["excluded_anomalies"] == 40
     assert sum(det.n_rows_[k] for k in ("train", "val", "cal")) == 760
@@ -78,8 +82,17 @@ def test_report_has_one_row_per_input_row_in_order(fitted_detector, test_table, 
     df.to_csv(src, index=False)
     summary = score_file(fitted_detector, src, tmp_path / "out")
     report = pd.read_csv(summary.report, dtype={"id": str})
-    assert list(report.columns) == ["row", "id", "score", "threshold", "is_anomaly", "p_value", "top_features",
-                                    "top_observed", "top_expected"]
+    assert list(report.columns) == [
+        "row",
+        "id",
+        "score",
+        "threshold",
+        "is_anomaly",
+        "p_value",
+        "top_features",
+        "top_observed",
+        "top_expected",
+    ]
     assert report["row"].tolist() == list(range(len(df)))
     assert report["id"].tolist() == df["id"].tolist()
     assert summary.rows == len(df) and summary.flagged == int(report["is_anomaly"].sum())
@@ -99,7 +112,7 @@ def test_score_file_errors_name_the_file_and_column(fitted_detector, test_table,
 
 
 def test_formula_cells_are_neutralised_but_numbers_are_not():
-    assert neutralise_cell("=HYPERLINK(\"x\")") == "'=HYPERLINK(\"x\")"
+    assert neutralise_cell('=HYPERLINK("x")') == '\'=HYPERLINK("x")'
     assert neutralise_cell("-12.5") == "-12.5"
     assert neutralise_cell("@SUM(A1)") == "'@SUM(A1)"
     assert neutralise_cell(3) == 3
@@ -116,8 +129,9 @@ def test_ensemble_scores_are_the_mean_of_its_members_and_survive_save_load(tmp_p
     from vae.score import score_rows
 
     df, _ = make_table(400, seed=5)
-    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=2, latent_k=0,
-                             train_config=TrainConfig(max_epochs=5)).fit(df)
+    det = VAEAnomalyDetector(
+        alpha=0.1, id_columns=["id"], n_models=2, latent_k=0, train_config=TrainConfig(max_epochs=5)
+    ).fit(df)
     assert len(det.models_) == 2 and len(det.histories_) == 2
     batch = det.batch(df.head(20))
     members = [score_rows(m, batch).double().numpy() for m in det.models_]
@@ -133,9 +147,16 @@ def test_latent_term_combines_standardised_elbo_and_knn_distance_and_survives_sa
     from vae.score import posterior_means, score_rows
 
     df, _ = make_table(400, seed=5)
-    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=2, latent_k=3, latent_weight=0.5,
-                             density_space="latent", conditional_groups=0,
-                             train_config=TrainConfig(max_epochs=5)).fit(df)
+    det = VAEAnomalyDetector(
+        alpha=0.1,
+        id_columns=["id"],
+        n_models=2,
+        latent_k=3,
+        latent_weight=0.5,
+        density_space="latent",
+        conditional_groups=0,
+        train_config=TrainConfig(max_epochs=5),
+    ).fit(df)
     assert det.score_scale_.shape == (2, 4) and len(det.latent_codes_) == 2
     n_ref = det.n_rows_["train"] + det.n_rows_["val"] + det.n_rows_["cal"]  # all the normal rows
     assert det.latent_codes_[0].shape == (n_ref, det.model_config_.latent_dim)
@@ -191,9 +212,17 @@ def test_hidden_density_terms_follow_their_formula_and_survive_save_load(tmp_pat
     from vae.score import encoder_features, score_rows
 
     df, _ = make_table(400, seed=7)
-    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=2, latent_k=2, latent_weight=0.7,
-                             cosine_weight=1.3, centred_weight=0.9, conditional_groups=3,
-                             train_config=TrainConfig(max_epochs=5)).fit(df)
+    det = VAEAnomalyDetector(
+        alpha=0.1,
+        id_columns=["id"],
+        n_models=2,
+        latent_k=2,
+        latent_weight=0.7,
+        cosine_weight=1.3,
+        centred_weight=0.9,
+        conditional_groups=3,
+        train_config=TrainConfig(max_epochs=5),
+    ).fit(df)
     width = det.model_config_.hidden[-1]
     assert det.density_space == "hidden" and det.density_weights() == [0.7, 1.3, 0.9]
     assert det.score_scale_.shape == (2, 10)  # -ELBO, 3 density terms, conditional NLL: (median, IQR) each
@@ -220,12 +249,19 @@ def test_hidden_density_terms_follow_their_formula_and_survive_save_load(tmp_pat
             raw = _nn_distance(h, ref, k)
             cos = _nn_distance(unit(h).astype(np.float32).astype(np.float64), unit(ref64), k)
             centre = ref64.mean(axis=0)
-            cen = _nn_distance(unit(h - centre).astype(np.float32).astype(np.float64),
-                               unit(ref64 - centre).astype(np.float32).astype(np.float64), k)
+            cen = _nn_distance(
+                unit(h - centre).astype(np.float32).astype(np.float64),
+                unit(ref64 - centre).astype(np.float32).astype(np.float64),
+                k,
+            )
             e = (score_rows(m, batch).double().numpy() - scale[0]) / scale[1]
             c = (_conditional_nll(m, batch, 3) - scale[8]) / scale[9]
-            expected.append(0.5 * (e + c) + 0.7 * (raw - scale[2]) / scale[3] + 1.3 * (cos - scale[4]) / scale[5]
-                            + 0.9 * (cen - scale[6]) / scale[7])
+            expected.append(
+                0.5 * (e + c)
+                + 0.7 * (raw - scale[2]) / scale[3]
+                + 1.3 * (cos - scale[4]) / scale[5]
+                + 0.9 * (cen - scale[6]) / scale[7]
+            )
         return np.mean(expected, axis=0)
 
     assert np.allclose(det.score_samples(df.head(25)), formula(df.head(25), 2), atol=1e-5)
@@ -236,8 +272,13 @@ def test_hidden_density_terms_follow_their_formula_and_survive_save_load(tmp_pat
     assert (det.score_samples(cal) < det.calibration_scores_).all()
     det.save(tmp_path / "hid")
     loaded = VAEAnomalyDetector.load(tmp_path / "hid")
-    assert (loaded.density_space, loaded.latent_weight, loaded.cosine_weight, loaded.centred_weight,
-            loaded.conditional_groups) == ("hidden", 0.7, 1.3, 0.9, 3)
+    assert (
+        loaded.density_space,
+        loaded.latent_weight,
+        loaded.cosine_weight,
+        loaded.centred_weight,
+        loaded.conditional_groups,
+    ) == ("hidden", 0.7, 1.3, 0.9, 3)
     assert np.array_equal(loaded.score_samples(df), det.score_samples(df))
 
 
@@ -245,8 +286,15 @@ def test_a_term_of_weight_zero_is_not_searched_and_changes_nothing():
     from vae.config import TrainConfig
 
     df, _ = make_table(300, seed=4)
-    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=1, latent_weight=0.0, cosine_weight=1.0,
-                             centred_weight=1.0, train_config=TrainConfig(max_epochs=3)).fit(df)
+    det = VAEAnomalyDetector(
+        alpha=0.1,
+        id_columns=["id"],
+        n_models=1,
+        latent_weight=0.0,
+        cosine_weight=1.0,
+        centred_weight=1.0,
+        train_config=TrainConfig(max_epochs=3),
+    ).fit(df)
     det.score_samples(df.head(5))
     assert det._latent_knns()[0][0] is None and det._latent_knns()[0][1] is not None
 
@@ -267,8 +315,15 @@ def test_a_model_saved_before_the_centred_and_conditional_terms_loads_with_its_s
     from vae.config import TrainConfig
 
     df, _ = make_table(300, seed=3)
-    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=1, latent_weight=1.0, centred_weight=0.0,
-                             conditional_groups=0, train_config=TrainConfig(max_epochs=3)).fit(df)
+    det = VAEAnomalyDetector(
+        alpha=0.1,
+        id_columns=["id"],
+        n_models=1,
+        latent_weight=1.0,
+        centred_weight=0.0,
+        conditional_groups=0,
+        train_config=TrainConfig(max_epochs=3),
+    ).fit(df)
     assert det.score_scale_.shape == (1, 6)
     old = _saved_without(det, tmp_path, ("centred_weight", "conditional_groups"))
     assert (old.centred_weight, old.conditional_groups, old.latent_weight) == (0.0, 0, 1.0)
@@ -288,8 +343,12 @@ def test_cross_fitting_gives_each_vae_its_own_validation_rows_and_can_be_turned_
         det = VAEAnomalyDetector(cross_fit=cross_fit, **kw).fit(df)
         for m, scale, rows in zip(det.models_, det.score_scale_, vals, strict=True):  # each -ELBO's median
             assert np.isclose(np.median(score_rows(m, det.batch(df.iloc[rows])).double().numpy()), scale[0])
-        assert det.n_rows_ == {"train": len(split.train), "val": len(split.val), "cal": len(split.cal),
-                               "excluded_anomalies": 0}
+        assert det.n_rows_ == {
+            "train": len(split.train),
+            "val": len(split.val),
+            "cal": len(split.cal),
+            "excluded_anomalies": 0,
+        }
     assert det.params()["cross_fit"] is False
     old = _saved_without(det, tmp_path, ("cross_fit",))  # saved before cross-fitting: it was not used
     assert old.cross_fit is False and np.array_equal(old.score_samples(df), det.score_samples(df))
@@ -299,8 +358,14 @@ def test_a_model_saved_before_density_space_loads_with_its_latent_score(tmp_path
     from vae.config import TrainConfig
 
     df, _ = make_table(300, seed=8)
-    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=1, density_space="latent", cosine_weight=0.0,
-                             train_config=TrainConfig(max_epochs=3)).fit(df)
+    det = VAEAnomalyDetector(
+        alpha=0.1,
+        id_columns=["id"],
+        n_models=1,
+        density_space="latent",
+        cosine_weight=0.0,
+        train_config=TrainConfig(max_epochs=3),
+    ).fit(df)
     old = _saved_without(det, tmp_path, ("cosine_weight", "density_space"))
     assert (old.density_space, old.cosine_weight) == ("latent", 0.0)
     assert np.array_equal(old.score_samples(df), det.score_samples(df))
@@ -325,8 +390,9 @@ def test_a_model_saved_before_the_latent_term_loads_with_the_plain_score(tmp_pat
     from vae.score import score_rows
 
     df, _ = make_table(300, seed=6)
-    det = VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=1, latent_k=0,
-                             train_config=TrainConfig(max_epochs=3)).fit(df)
+    det = VAEAnomalyDetector(
+        alpha=0.1, id_columns=["id"], n_models=1, latent_k=0, train_config=TrainConfig(max_epochs=3)
+    ).fit(df)
     d = det.save(tmp_path / "old")
     meta = json.loads((d / "detector.json").read_text())
     for key in ("latent_k", "latent_weight"):

@@ -15,12 +15,33 @@ from pipeline.io import read_table
 from pipeline.report import neutralise_cell
 from pipeline.scoring import score_file
 
-FAST = settings(max_examples=25, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
-TRICKY_IDS = ["=1+2", "+cmd|' /C calc'!A0", "-5", "-2e3", "@SUM(A1)", "\t=x", "\r=y", "NA", "null", "", " 7 ",
-              "a,b", 'say "hi"', "x\ny", "x\ry", "x\r\ny", "007", '=HYPERLINK("http://x","y")', "1,5", "é ü 中"]
+TRICKY_IDS = [
+    "=1+2",
+    "+cmd|' /C calc'!A0",
+    "-5",
+    "-2e3",
+    "@SUM(A1)",
+    "\t=x",
+    "\r=y",
+    "NA",
+    "null",
+    "",
+    " 7 ",
+    "a,b",
+    'say "hi"',
+    "x\ny",
+    "x\ry",
+    "x\r\ny",
+    "007",
+    '=HYPERLINK("http://x","y")',
+    "1,5",
+    "é ü 中",
+]
 IDS = st.one_of(st.sampled_from(TRICKY_IDS), TEXT)
 # the data's scale and far beyond it, and missing cells; any finite double is tried in its own test below
 NUMBERS = st.one_of(st.floats(-100, 100), st.floats(-1e9, 1e9), st.just(float("nan")))
@@ -32,8 +53,17 @@ CATEGORIES = st.one_of(st.sampled_from(["red", "blue", "circle", "square", "star
 def tables(draw: st.DrawFn, extreme: bool = False) -> pd.DataFrame:
     n = draw(st.integers(1, 12))
     col = lambda s: draw(st.lists(s, min_size=n, max_size=n))  # noqa: E731
-    df = pd.DataFrame({"id": col(IDS), "a": col(NUMBERS), "b": col(NUMBERS), "c": col(NUMBERS),
-                       "d": col(NUMBERS), "color": col(CATEGORIES), "shape": col(CATEGORIES)})
+    df = pd.DataFrame(
+        {
+            "id": col(IDS),
+            "a": col(NUMBERS),
+            "b": col(NUMBERS),
+            "c": col(NUMBERS),
+            "d": col(NUMBERS),
+            "color": col(CATEGORIES),
+            "shape": col(CATEGORIES),
+        }
+    )
     if extreme:  # one cell anywhere in the range of doubles, 1e308 included
         df.loc[draw(st.integers(0, n - 1)), draw(st.sampled_from("abcd"))] = draw(ANY_FINITE)
     return df

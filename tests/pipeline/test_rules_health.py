@@ -26,8 +26,9 @@ def test_realised_false_positive_rate_is_inside_the_binomial_interval(alpha):
     flagged = 0
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
-        flagged += int(apply_rule(FlagRule("alpha", alpha), rng.normal(size=m), rng.normal(size=n_cal))
-                       .is_anomaly.sum())
+        flagged += int(
+            apply_rule(FlagRule("alpha", alpha), rng.normal(size=m), rng.normal(size=n_cal)).is_anomaly.sum()
+        )
     lo, hi = stats.binom.interval(0.99, seeds * m, alpha)
     # Each seed draws a new calibration set: the realised rate varies a little more than binomial.
     slack = 3 * np.sqrt(alpha * (1 - alpha) / (n_cal + 2) / seeds) * seeds * m
@@ -123,8 +124,17 @@ def test_health_says_fewer_flags_than_expected_when_the_threshold_turns_conserva
     assert "more anomalies" not in h.warning
 
 
-@pytest.mark.parametrize("n,m,decimals", [(50, 30, None), (9_000, 500, 1), (10_001, 4_000, None),
-                                          (150_000, 999, None), (150_000, 12_000, 1), (200_001, 300, 2)])
+@pytest.mark.parametrize(
+    "n,m,decimals",
+    [
+        (50, 30, None),
+        (9_000, 500, 1),
+        (10_001, 4_000, None),
+        (150_000, 999, None),
+        (150_000, 12_000, 1),
+        (200_001, 300, 2),
+    ],
+)
 def test_ks_test_equals_scipy_ks_2samp_with_ties_and_infinities(n, m, decimals):
     from pipeline.health import ks_test
 

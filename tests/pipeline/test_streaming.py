@@ -34,6 +34,7 @@ def small_batches(monkeypatch):
 
 def _old_csv(frame: pd.DataFrame) -> str:
     """The report writer before streaming (pipeline/report.py at 9b96bec), as the reference bytes."""
+
     def cells(col: pd.Series) -> list[str]:
         if pd.api.types.is_float_dtype(col):
             x = col.to_numpy(dtype=np.float64)
@@ -42,8 +43,10 @@ def _old_csv(frame: pd.DataFrame) -> str:
             return out.tolist()
         if pd.api.types.is_integer_dtype(col):
             return [str(int(v)) for v in col.to_numpy()]
-        return ["" if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else _quote(str(v))
-                for v in col.to_numpy(dtype=object)]
+        return [
+            "" if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else _quote(str(v))
+            for v in col.to_numpy(dtype=object)
+        ]
 
     columns = [cells(frame[c]) for c in frame.columns]
     header = ",".join(str(c) for c in frame.columns) + "\n"
@@ -60,8 +63,9 @@ def _reference(det, src: Path, rule: FlagRule) -> str:
     features = det.schema_.validate(df, source=str(src))
     scores, explanation = det.score_and_explain(features)
     flags = apply_rule(rule, scores, det.calibration_scores_)
-    report = build_report(df, scores, flags.threshold, det.schema_.id_columns, flags.is_anomaly, flags.p_value,
-                          flags.q_value)
+    report = build_report(
+        df, scores, flags.threshold, det.schema_.id_columns, flags.is_anomaly, flags.p_value, flags.q_value
+    )
     attribution = attribution_columns(det, df, explanation)
     for c in attribution.columns:
         report[c] = attribution[c].map(neutralise_cell).to_numpy()
@@ -70,7 +74,7 @@ def _reference(det, src: Path, rule: FlagRule) -> str:
 
 def _batch(tmp_path: Path, n: int = 300, name: str = "batch.csv") -> tuple[Path, np.ndarray]:
     df, y = make_table(n, seed=11, anomalies=n // 10)
-    df.loc[[3, 70, 200], "id"] = ["=1+2", "a,\"b\"\nc", "-5"]  # neutralised, quoted, a number
+    df.loc[[3, 70, 200], "id"] = ["=1+2", 'a,"b"\nc', "-5"]  # neutralised, quoted, a number
     df.loc[5, "a"] = np.nan
     df.loc[130, "shape"] = "hexagon"
     src = tmp_path / name
@@ -94,10 +98,20 @@ def test_whole_batch_columns_and_summary_do_not_depend_on_chunking(fitted_detect
     runs = {}
     for rows in (SMALL, 100_000):
         for f1 in (False, True):
-            s = score_file(fitted_detector, src, tmp_path / f"o{rows}{f1}", rule=FlagRule("fdr", 0.2),
-                           label_column="truth", f1_optimal=f1, chunk_rows=rows, read_rows=5)
-            runs[rows, f1] = (Path(s.report).read_bytes(), {k: v for k, v in s.to_dict().items()
-                                                            if k not in ("seconds", "report")})
+            s = score_file(
+                fitted_detector,
+                src,
+                tmp_path / f"o{rows}{f1}",
+                rule=FlagRule("fdr", 0.2),
+                label_column="truth",
+                f1_optimal=f1,
+                chunk_rows=rows,
+                read_rows=5,
+            )
+            runs[rows, f1] = (
+                Path(s.report).read_bytes(),
+                {k: v for k, v in s.to_dict().items() if k not in ("seconds", "report")},
+            )
     for f1 in (False, True):
         assert runs[SMALL, f1] == runs[100_000, f1]
     report = pd.read_csv(tmp_path / f"o{SMALL}True" / "labelled.anomalies.csv")
@@ -109,14 +123,18 @@ def test_whole_batch_columns_and_summary_do_not_depend_on_chunking(fitted_detect
     assert (fdr["is_anomaly"] == (fdr["q_value"] <= 0.2)).all()
 
 
-@pytest.mark.parametrize(("column", "value", "message"), [
-    ("b", "abc", "column 'b' must be numeric, but row 150 holds 'abc'"),
-    ("a", np.inf, "column 'a' must be finite, but row 150 holds inf"),
-    ("a", 1e308, "row 150 cannot be scored, its score overflows: column 'a' holds 1e+308"),
-    ("truth", 7, "label column 'truth' must hold 0 or 1 (1 = anomaly), row 150 holds"),
-])
-def test_errors_name_the_row_counted_over_the_whole_file(column, value, message, fitted_detector, tmp_path,
-                                                         small_batches):
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("b", "abc", "column 'b' must be numeric, but row 150 holds 'abc'"),
+        ("a", np.inf, "column 'a' must be finite, but row 150 holds inf"),
+        ("a", 1e308, "row 150 cannot be scored, its score overflows: column 'a' holds 1e+308"),
+        ("truth", 7, "label column 'truth' must hold 0 or 1 (1 = anomaly), row 150 holds"),
+    ],
+)
+def test_errors_name_the_row_counted_over_the_whole_file(
+    column, value, message, fitted_detector, tmp_path, small_batches
+):
     df, _ = make_table(200, seed=3)
     df = df.assign(truth=0).astype({column: object})
     df.loc[150, column] = value
@@ -133,11 +151,20 @@ def test_chunks_stay_bounded_and_progress_reaches_the_end(fitted_detector, tmp_p
     src, _ = _batch(tmp_path, n=700, name="big.parquet")
     seen: list[int] = []
     real = type(fitted_detector).score_and_explain
-    monkeypatch.setattr(type(fitted_detector), "score_and_explain",
-                        lambda self, features: (seen.append(len(features)), real(self, features))[1])
+    monkeypatch.setattr(
+        type(fitted_detector),
+        "score_and_explain",
+        lambda self, features: (seen.append(len(features)), real(self, features))[1],
+    )
     calls: list[tuple[int, float]] = []
-    s = score_file(fitted_detector, src, tmp_path / "out", chunk_rows=100, read_rows=30,
-                   progress=lambda rows, share: calls.append((rows, share)))
+    s = score_file(
+        fitted_detector,
+        src,
+        tmp_path / "out",
+        chunk_rows=100,
+        read_rows=30,
+        progress=lambda rows, share: calls.append((rows, share)),
+    )
     assert seen == [128] * 5 + [60]  # chunk_rows is rounded up to a multiple of SCORE_CHUNK
     assert [r for r, _ in calls] == [128, 256, 384, 512, 640, 700] and s.rows == 700
     assert calls[-1][1] == 1.0 and all(a[1] <= b[1] for a, b in itertools.pairwise(calls))

@@ -134,10 +134,13 @@ def test_cosine_schedule_and_kl_warmup_are_seeded_and_finish():
     assert runs[0] == runs[1] and len(runs[0]) == 12
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"lr_schedule": "step"}, "lr_schedule must be"),
-    ({"min_epochs": -1}, "min_epochs and kl_warmup_epochs must be >= 0"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lr_schedule": "step"}, "lr_schedule must be"),
+        ({"min_epochs": -1}, "min_epochs and kl_warmup_epochs must be >= 0"),
+    ],
+)
 def test_bad_schedule_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
@@ -153,8 +156,11 @@ def test_one_score_pass_gives_exactly_what_the_separate_calls_give(method):
     one = score_pass(m, data, method, k=8, explain=True)
     eps = fixed_eps(m.config.latent_dim, 8)
     with torch.no_grad():  # the definitions, each encoding the batch itself
-        want = {"elbo": lambda: negative_elbo(m, data, eps), "iwae": lambda: -iwae_log_likelihood(m, data, eps),
-                "recon": lambda: torch.from_numpy(feature_contributions(m, data)[0]).sum(dim=1)}[method]()
+        want = {
+            "elbo": lambda: negative_elbo(m, data, eps),
+            "iwae": lambda: -iwae_log_likelihood(m, data, eps),
+            "recon": lambda: torch.from_numpy(feature_contributions(m, data)[0]).sum(dim=1),
+        }[method]()
     assert torch.equal(one.score, want)
     assert torch.equal(one.mu.double(), torch.from_numpy(posterior_means(m, data)))
     assert torch.equal(one.nll, torch.from_numpy(feature_contributions(m, data)[0]))
