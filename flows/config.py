@@ -236,7 +236,7 @@ class RetrainConfig(TrainConfig):
     )
     margin: float = Field(0.01, ge=0, lt=1, description="AUROC gain that counts as better, with labels")
     level: float = Field(
-        0.01, gt=0, lt=1, description="binomial test level: a threshold flags more normal rows than its alpha"
+        0.01, gt=0, lt=1, description="test level (beta-binomial): a threshold flags more normal rows than its alpha"
     )
     decision_experiment: str = Field(
         "vae-anomaly-retrain", min_length=1, description="MLflow experiment of the decision runs"

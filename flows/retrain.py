@@ -264,7 +264,7 @@ def build_parser() -> ArgumentParser:
         "--level",
         type=float,
         default=0.01,
-        help="binomial test level for 'flags more normal rows than alpha' (default: 0.01)",
+        help="test level for 'flags more normal rows than alpha' (beta-binomial; default: 0.01)",
     )
     p.add_argument("--champion-alias", default="champion", help="alias moved on promotion (default: champion)")
     p.add_argument("--alias", default="challenger", help="alias of the challenger's version (default: challenger)")
@@ -301,7 +301,7 @@ def print_outcome(s: dict[str, Any]) -> None:
         auroc = "" if e["auroc"] is None else f", AUROC {e['auroc']:.4f}, AUPRC {e['auprc']:.4f}"
         print(
             f"  {who}: FPR {e['fpr']:.2%} on {e['n_normal']} held-out normal rows at alpha={e['alpha']:g} "
-            f"(binomial p={e['fpr_pvalue']:.2g}){auroc}"
+            f"(p={e['fpr_pvalue']:.2g}, beta-binomial){auroc}"
         )
     print(f"  decision run: {s['decision_run_id']} ({s['tracking_uri']})")
 
