@@ -171,7 +171,7 @@ def print_summary(s: dict[str, Any]) -> None:
     )
     print(f"  rule: {s['rule']}")
     h = s["health"]
-    print(f"  health: binomial p={h['binomial_pvalue']:.3g}, KS p={h['ks_pvalue']:.3g}")
+    print(f"  health: flag count p={h['binomial_pvalue']:.3g}, KS p={h['ks_pvalue']:.3g}")
     if s.get("metrics"):
         m = s["metrics"]
         print("  labelled: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))

@@ -167,7 +167,7 @@ def print_summary(s: dict[str, Any]) -> None:
     )
     print(f"  rule: {s['rule']}")
     h = s["health"]
-    print(f"  health: binomial p={h['binomial_pvalue']:.3g}, KS p={h['ks_pvalue']:.3g}")
+    print(f"  health: flag count p={h['binomial_pvalue']:.3g}, KS p={h['ks_pvalue']:.3g}")
     for note in s.get("notes", []):
         print(f"  note: {note}")
     print(f"  report: {s['report']}")

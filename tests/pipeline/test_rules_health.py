@@ -155,3 +155,41 @@ def test_batch_health_of_a_files_chunks_equals_that_of_the_joined_scores():
         chunks = [rng.normal(0.1, 1.0, size=k) for k in (n // 2, 0, n - n // 2)]
         joined, parts = batch_health(np.concatenate(chunks), cal, 60, 0.01), batch_health(chunks, cal, 60, 0.01)
         assert joined == parts and parts.rows == n
+
+
+def test_flag_count_test_stays_quiet_on_large_batches_of_a_well_calibrated_model():
+    # 300 models, each calibrated on 2,000 normal scores, each scoring a batch of 100,000 normal rows. Every
+    # threshold keeps its promise (the flag rate is Beta(j, n + 1 - j) around level), so a test at 0.01 may
+    # warn on about 1% of them. A binomial test ignores the calibration set's noise and warns on most.
+    from scipy.stats import binomtest, norm
+
+    from pipeline.health import flag_count_pvalue
+
+    rng = np.random.default_rng(11)
+    n_cal, m, level = 2000, 100_000, 0.05
+    j = int(np.floor(level * (n_cal + 1)))
+    ours = binomial = 0
+    for _ in range(300):
+        cal = rng.normal(size=n_cal)
+        t = np.sort(cal)[::-1][j - 1]  # p-value <= level exactly when the score is above this
+        flagged = int(rng.binomial(m, norm.sf(t)))
+        ours += flag_count_pvalue(flagged, m, level, n_cal) < 0.01
+        binomial += binomtest(flagged, m, level).pvalue < 0.01
+    assert ours / 300 <= 0.03 and binomial / 300 >= 0.5
+
+
+def test_flag_count_pvalue_counts_p_values_and_falls_back_to_the_binomial_without_calibration():
+    from scipy.stats import binomtest
+
+    from pipeline.calibrate import p_values
+    from pipeline.health import flag_count_pvalue
+
+    rng = np.random.default_rng(12)
+    cal, x = rng.normal(size=300), rng.normal(size=1000)
+    j = int(np.floor(0.05 * 301))
+    assert (p_values(x, cal) <= 0.05).sum() == (x > np.sort(cal)[::-1][j - 1]).sum()
+    assert flag_count_pvalue(30, 200, 0.05, 0) == pytest.approx(binomtest(30, 200, 0.05).pvalue)
+    assert flag_count_pvalue(5, 200, 0.001, 100) == pytest.approx(binomtest(5, 200, 0.001).pvalue)  # j = 0
+    assert flag_count_pvalue(0, 0, 0.05, 300) == 1.0
+    assert flag_count_pvalue(500, 1000, 0.05, 300) < 1e-6 and flag_count_pvalue(0, 1000, 0.05, 300) < 0.01
+    assert 0.0 < flag_count_pvalue(50, 1000, 0.05, 300) <= 1.0
