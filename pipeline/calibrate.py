@@ -9,6 +9,7 @@ A new normal row, exchangeable with the calibration rows, then exceeds it with p
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,25 @@ def conformal_threshold(calibration_scores: np.ndarray, alpha: float) -> float:
     # The small tolerance keeps k exact when alpha is itself a p-value j / (n + 1).
     k = max(math.ceil((n + 1) * (1.0 - alpha) - 1e-9), 1)
     return float(s[k - 1])
+
+
+def exceedance_count(m: int, n_cal: int, j: int) -> Any:
+    """Distribution of how many of ``m`` new normal rows score above the j-th largest of ``n_cal`` calibration scores.
+
+    One calibration set fixes the threshold, so the rate at which new normal rows exceed it is not a constant
+    but Beta(j, n_cal + 1 - j) (mean j / (n_cal + 1)), and all m rows share it: the count is beta-binomial,
+    wider than any binomial. The conformal threshold for alpha is the j-th largest with
+    j = n_cal + 1 - ceil((n_cal + 1)(1 - alpha)); ``p_value <= level`` means above the j-th largest with
+    j = floor(level (n_cal + 1)). Returns a frozen scipy ``betabinom``.
+
+    Raises:
+        ValueError: j outside [1, n_cal].
+    """
+    from scipy.stats import betabinom
+
+    if not 1 <= j <= n_cal:
+        raise ValueError(f"j must be in [1, n_cal={n_cal}], got {j}")
+    return betabinom(m, j, n_cal + 1 - j)
 
 
 def p_values(scores: np.ndarray, calibration_scores: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.calibrate import exceedance_count
 from pipeline.detector import VAEAnomalyDetector
 from pipeline.errors import InputError
 from pipeline.metrics import labels_from
@@ -117,7 +118,7 @@ def evaluate(
         n_normal=n_normal,
         false_positives=fp,
         fpr=fp / n_normal if n_normal else 0.0,
-        fpr_pvalue=fpr_pvalue(fp, n_normal, det.alpha, getattr(det, "calibration_scores_", None), det.threshold_),
+        fpr_pvalue=fpr_pvalue(fp, n_normal, det.alpha, det.calibration_scores_, det.threshold_),
         n_anomalies=n_anom,
         auroc=float(roc_auc_score(y, scores)) if both else None,
         auprc=float(average_precision_score(y, scores)) if both else None,
@@ -132,22 +133,23 @@ def fpr_pvalue(
 
     A conformal threshold is the k-th smallest of n calibration scores, so its false-positive rate on new
     normal rows is not alpha but Beta(n + 1 - k, k) (mean at most alpha), and the flagged count among
-    ``n_normal`` rows scored against that one threshold is beta-binomial, wider than Binomial(n_normal, alpha).
+    ``n_normal`` rows scored against that one threshold is beta-binomial (:func:`pipeline.calibrate.exceedance_count`),
+    wider than Binomial(n_normal, alpha).
     The binomial test would call a well-calibrated model miscalibrated far more often than its level when
     the calibration set is small (with 80 calibration rows at alpha 0.1, 53 flags of 360 normal rows give
-    binomial p = 0.003, beta-binomial p = 0.11). k is the threshold's rank among ``calibration_scores``;
+    binomial p = 0.003, beta-binomial p = 0.11). The threshold's rank comes from ``calibration_scores``;
     without them (n = 0) the binomial test is used.
     """
-    from scipy.stats import betabinom, binomtest
+    from scipy.stats import binomtest
 
     if n_normal <= 0:
         return 1.0
-    cal = np.sort(np.asarray(calibration_scores if calibration_scores is not None else [], dtype=np.float64))
+    cal = np.asarray(calibration_scores if calibration_scores is not None else [], dtype=np.float64)
     n = len(cal)
     if n == 0:
         return float(binomtest(false_positives, n_normal, alpha, alternative="greater").pvalue)
-    k = min(max(int(np.searchsorted(cal, threshold, side="right")), 1), n)
-    return float(betabinom.sf(false_positives - 1, n_normal, n + 1 - k, k))
+    j = min(int((cal > threshold).sum()) + 1, n)  # the threshold is the j-th largest calibration score
+    return float(exceedance_count(n_normal, n, j).sf(false_positives - 1))
 
 
 @dataclass(frozen=True)

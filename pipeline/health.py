@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from pipeline.calibrate import exceedance_count
+
 WARN_BELOW = 0.01
 EXACT_MAX_N = 10_000  # scipy's ks_2samp computes exact p-values up to this sample size ("auto")
 BLOCK = 65_536  # batch scores sorted at a time by the large-batch KS statistic
@@ -113,22 +115,22 @@ def flag_count_pvalue(flagged: int, m: int, level: float, n_cal: int) -> float:
 
     Against n calibration scores, p <= level means a score above the j-th largest calibration score,
     j = floor(level (n + 1)). For one calibration set that happens with probability Beta(j, n + 1 - j), not
-    exactly level, and every row of the batch shares it: the count is beta-binomial, much wider than
+    exactly level, and every row of the batch shares it: the count is beta-binomial
+    (:func:`pipeline.calibrate.exceedance_count`), much wider than
     Binomial(m, level) once m is large against n. (A binomial test, blind to this, warns on most large
     batches of a well-calibrated model: its rate is off level by about sqrt(level / n) for good.) The
     two-sided p-value is twice the smaller tail, at most 1. Without calibration scores (n = 0), or a level
     that no p-value can reach (j = 0), it is the exact binomial test.
     """
-    from scipy.stats import betabinom, binomtest
+    from scipy.stats import binomtest
 
     if m <= 0 or not 0.0 < level < 1.0:
         return 1.0
     j = int(np.floor(level * (n_cal + 1) + 1e-9))
     if n_cal <= 0 or not 1 <= j <= n_cal:
         return float(binomtest(flagged, m, level).pvalue)
-    a, b = j, n_cal + 1 - j
-    tails = min(float(betabinom.cdf(flagged, m, a, b)), float(betabinom.sf(flagged - 1, m, a, b)))
-    return min(1.0, 2.0 * tails)
+    count = exceedance_count(m, n_cal, j)
+    return min(1.0, 2.0 * min(float(count.cdf(flagged)), float(count.sf(flagged - 1))))
 
 
 def batch_health(

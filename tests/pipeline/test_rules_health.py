@@ -193,3 +193,12 @@ def test_flag_count_pvalue_counts_p_values_and_falls_back_to_the_binomial_withou
     assert flag_count_pvalue(0, 0, 0.05, 300) == 1.0
     assert flag_count_pvalue(500, 1000, 0.05, 300) < 1e-6 and flag_count_pvalue(0, 1000, 0.05, 300) < 0.01
     assert 0.0 < flag_count_pvalue(50, 1000, 0.05, 300) <= 1.0
+
+
+def test_exceedance_count_is_the_beta_binomial_of_the_calibration_order_statistic():
+    from pipeline.calibrate import exceedance_count
+
+    count = exceedance_count(1000, 99, 5)  # above the 5th largest of 99: rate Beta(5, 95), mean 5 / 100
+    assert count.mean() == pytest.approx(50.0) and count.var() > 1000 * 0.05 * 0.95  # wider than binomial
+    with pytest.raises(ValueError, match="j must be in"):
+        exceedance_count(10, 99, 0)
