@@ -142,6 +142,17 @@ def posterior_means(model: TabularVAE, batch: TabularBatch, chunk: int = 65536) 
     return _encoded(model, batch, chunk, lambda b: model.encode(b)[0], model.config.latent_dim)
 
 
+def latent_variances(model: TabularVAE, batch: TabularBatch) -> np.ndarray:
+    """(latent_dim,) variance over the rows of each dimension of the posterior mean mu(x).
+
+    A dimension whose variance is near 0 is inactive (collapsed onto the prior): q(z | x) is the same for
+    every row there, so it carries nothing about x (Burda, Grosse & Salakhutdinov 2016 count a unit as
+    active when this variance is above 0.01).
+    """
+    mu = posterior_means(model, batch)
+    return mu.var(axis=0) if len(mu) else np.zeros(model.config.latent_dim)
+
+
 def encoder_features(model: TabularVAE, batch: TabularBatch, chunk: int = 65536) -> np.ndarray:
     """(n, hidden[-1]) float64 activations of the encoder's last hidden layer (deterministic)."""
     return _encoded(model, batch, chunk, model.encoder_features, model.config.hidden[-1])
