@@ -86,6 +86,8 @@ def run_vae_anomaly(x_train: np.ndarray, x_test: np.ndarray, *, alpha: float, se
     t2 = time.perf_counter()
     h = getattr(det, "history_", None)
     info = f"epochs={len(h.train_loss)} best={h.best_epoch} bs={h.batch_size}" if h is not None else ""
+    if hasattr(det, "kl_weight_"):
+        info += f" kl_weight={det.kl_weight_:g} active={det.active_units_}"
     return MethodResult(scores, float(det.threshold_), t1 - t0, t2 - t1, info=info)
 
 

@@ -167,6 +167,8 @@ def log_training_run(
                     "batch_size_used": h.batch_size,
                     "score_method": det.score_method,
                     "n_draws": det.n_draws,
+                    "kl_weight_used": det.kl_weight_,
+                    "active_units": str(det.active_units_),
                 }
             )
             _log_history(client, run.info.run_id, det)

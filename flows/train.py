@@ -183,6 +183,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         **det.n_rows_,
         "epochs": len(h.train_loss),
         "best_epoch": h.best_epoch,
+        "kl_weight": det.kl_weight_,
         "train_seconds": round(h.seconds, 2),
         "device": h.device,
         "tracking_uri": tracking.redact(tracking.tracking_uri()),

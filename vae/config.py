@@ -113,8 +113,10 @@ class TrainConfig:
         beta: weight of the KL term in the training loss (1.0 = the ELBO; Higgins et al. 2017).
             0.2 by default: with 1.0 most latent dimensions collapsed onto the prior (4 of 9
             active on satellite), which leaves little for the detector's latent density term
-            to use; 0.2 with that term ranked best on the dev data (BENCHMARKS.md). Scores and
-            early stopping always use the true -ELBO (beta = 1), a bound on -log p(x).
+            to use; 0.2 with that term ranked best on the dev data (BENCHMARKS.md). The tabular
+            detector overrides it by default (``VAEAnomalyDetector.kl_weights``: 1 unless a latent
+            dimension collapses, then 0.2). Scores and early stopping always use the true -ELBO
+            (beta = 1), a bound on -log p(x).
         free_bits: minimum KL per latent dimension in the training loss (nats; Kingma et al.
             2016); 0 = the plain KL term.
         patience: epochs without a better validation loss before stopping; ``None`` gives

@@ -23,6 +23,7 @@ def test_train_flow_registers_a_version_with_the_alias(registered_model, session
     assert run.data.metrics["threshold"] == pytest.approx(registered_model["threshold"])
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == registered_model["epochs"]
     assert run.data.params["alpha"] == "0.05"
+    assert float(run.data.params["kl_weight_used"]) == registered_model["kl_weight"] in (1.0, 0.2)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "calibration")}
     assert {
         "calibration/calibration_scores.csv",
