@@ -128,8 +128,9 @@ class VAEAnomalyDetector(DensityTerms):
             G = 8: in ``benchmarks.tabular`` (11 datasets x 3 seeds) the mean AUROC rose from 0.9551
             (``latent``, w = 1, training rows as references) to 0.9606 (raw + unit-length terms, training
             and validation rows as references), 0.9610 (all the normal rows as references), 0.9642
-            with the conditional term and the unit-length + centred terms, and 0.9654 with the
-            cross-fitted 5 VAEs (BENCHMARKS.md, Tabular detection quality). Models saved before
+            with the conditional term and the unit-length + centred terms, 0.9654 with the
+            cross-fitted 5 VAEs and 0.9669 with the KL weight chosen by collapse (``kl_weights``;
+            BENCHMARKS.md, Tabular detection quality). Models saved before
             ``density_space`` existed load as ``latent`` with ``cosine_weight`` 0, those saved before
             ``centred_weight`` and ``conditional_groups`` existed with both 0: the scores they were
             calibrated with.
@@ -139,10 +140,11 @@ class VAEAnomalyDetector(DensityTerms):
             the last weight is kept whatever happens. The VAEs are fitted one by one and the first
             collapsed dimension moves on to the next weight, so a dataset that collapses costs the VAEs
             fitted until then. Default ``(1.0, 0.2)``: the true ELBO unless it collapses a latent
-            dimension, then beta = 0.2 (Higgins et al. 2017), which keeps the dimensions active. On the dev
-            data this rule lifted the mean AUROC of ``benchmarks.tabular`` over both fixed weights
-            (BENCHMARKS.md, Tenth round). It overrides ``train_config.beta``; None trains at
-            ``train_config.beta`` alone (models saved before this parameter load with None). The weight
+            dimension, then beta = 0.2 (Higgins et al. 2017), which keeps the dimensions active. On the
+            dev data this rule lifted the mean AUROC of ``benchmarks.tabular`` from 0.9654 (beta = 0.2
+            always) to 0.9669; beta = 1 always scored below both (BENCHMARKS.md, Tenth round). It
+            overrides ``train_config.beta``; None trains at ``train_config.beta`` alone (models saved
+            before this parameter load with None). The weight
             used is ``kl_weight_``.
         min_log_var: floor of the numeric features' learned log-variance (standardised units).
         likelihood: numeric likelihood of the decoder: ``gaussian``, ``student_t`` or ``laplace``.
