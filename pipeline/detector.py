@@ -310,10 +310,10 @@ class VAEAnomalyDetector(DensityTerms):
         for w, beta in enumerate(weights):
             models, histories, active = [], [], []
             for i, (t, v) in enumerate(member_rows):
-                model = TabularVAE(self.model_config_)
-                histories.append(fit(model, fit_b.rows(t), fit_b.rows(v), replace(tc, seed=tc.seed + i, beta=beta)))
+                model, train_b = TabularVAE(self.model_config_), fit_b.rows(t)
+                histories.append(fit(model, train_b, fit_b.rows(v), replace(tc, seed=tc.seed + i, beta=beta)))
                 models.append(model.to("cpu"))
-                active.append(int((latent_variances(model, fit_b.rows(t)) > ACTIVE_UNIT_VARIANCE).sum()))
+                active.append(int((latent_variances(model, train_b) > ACTIVE_UNIT_VARIANCE).sum()))
                 if active[-1] < self.model_config_.latent_dim and w < len(weights) - 1:
                     log.info(
                         "KL weight %g: VAE %d keeps %d of %d latent dimensions active; trying %g",
