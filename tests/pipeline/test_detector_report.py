@@ -299,14 +299,19 @@ def test_a_term_of_weight_zero_is_not_searched_and_changes_nothing():
     assert det._latent_knns()[0][0] is None and det._latent_knns()[0][1] is not None
 
 
-def _saved_without(det: VAEAnomalyDetector, tmp_path, keys: tuple[str, ...]) -> VAEAnomalyDetector:
-    """``det`` saved, then loaded as a model saved before ``keys`` were parameters (they are left out)."""
+def _saved_without(
+    det: VAEAnomalyDetector, tmp_path, keys: tuple[str, ...], meta_keys: tuple[str, ...] = ()
+) -> VAEAnomalyDetector:
+    """``det`` saved, then loaded as a model saved before ``keys`` were parameters and ``meta_keys`` were
+    written to its metadata (both are left out)."""
     import json
 
     d = det.save(tmp_path / "old")
     meta = json.loads((d / "detector.json").read_text())
     for key in keys:
         del meta["params"][key]
+    for key in meta_keys:
+        del meta[key]
     (d / "detector.json").write_text(json.dumps(meta))
     return VAEAnomalyDetector.load(d)
 

@@ -8,6 +8,7 @@ import pipeline.detector as detector_module
 from pipeline.detector import VAEAnomalyDetector
 from pipeline.errors import InputError
 from tests.conftest import make_table
+from tests.pipeline.test_detector_report import _saved_without
 from vae.config import ModelConfig, TrainConfig
 from vae.model import TabularBatch, TabularVAE
 from vae.score import latent_variances, posterior_means
@@ -69,16 +70,11 @@ def test_without_kl_weights_the_trainer_beta_is_used(monkeypatch):
 
 
 def test_the_kl_weight_used_is_saved_and_old_models_load_without_kl_weights(monkeypatch, tmp_path):
-    import json
-
     det, _ = _fit_recording(monkeypatch, np.inf)
     loaded = VAEAnomalyDetector.load(det.save(tmp_path / "m"))
     assert loaded.kl_weights == (1.0, 0.2) and loaded.kl_weight_ == 0.2 and loaded.active_units_ == [0, 0, 0]
-    d = tmp_path / "m"
-    meta = json.loads((d / "detector.json").read_text())
-    del meta["params"]["kl_weights"], meta["kl_weight"], meta["active_units"]
-    (d / "detector.json").write_text(json.dumps(meta))
-    old = VAEAnomalyDetector.load(d)  # saved before the rule: trained at its train_config's beta
+    # saved before the rule: trained at its train_config's beta
+    old = _saved_without(det, tmp_path, ("kl_weights",), ("kl_weight", "active_units"))
     df, _ = make_table(50, seed=14)
     assert old.kl_weights is None and old.kl_weight_ == TrainConfig().beta
     assert np.array_equal(old.score_samples(df), det.score_samples(df))
