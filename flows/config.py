@@ -6,9 +6,17 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from flows.model_uri import parse_model_uri
 from pipeline.rules import FlagRule
 
-MODEL_URI_PREFIXES = ("models:/", "runs:/")
+# Upper bounds of sizes a user sets: past them a run would exhaust memory (or never end) instead of failing
+# with a message naming the field.
+TABLE_BATCH_MAX = 65_536  # rows a step: 16x the largest batch timed in BENCHMARKS.md (4,096)
+IMAGE_BATCH_MAX = 4_096  # images a step: the conv activations of a batch grow with it (and the image size)
+DASK_WORKERS_MAX = 64  # LocalCluster worker processes, each with its own torch and model (~0.5 GB): use a cluster
+# A registered name that models:/NAME@ALIAS can load back (flows/model_uri.py): no '/' or '@', not only dots.
+MODEL_NAME = r"^[^/@]*[^/@.][^/@]*$"
+SEED_MAX = 2**31 - 1  # numpy seeds are 0..2**32 - 1: room for an ensemble's seed, seed + 1, ...
 
 
 class TrainConfig(BaseModel):
@@ -17,7 +25,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data: Path = Field(description="training table: CSV or Parquet (normal rows, or labelled with label_column)")
-    model_name: str = Field("vae-anomaly", min_length=1, description="registered model name")
+    model_name: str = Field("vae-anomaly", pattern=MODEL_NAME, description="registered model name")
     alias: str = Field("champion", min_length=1, description="alias set on the new model version")
     experiment: str = Field("vae-anomaly", min_length=1, description="MLflow experiment name")
     id_columns: list[str] = Field(default_factory=list, description="columns passed through to reports")
@@ -26,9 +34,9 @@ class TrainConfig(BaseModel):
     alpha: float = Field(0.01, gt=0, lt=1, description="target false-positive rate of the threshold")
     max_epochs: int | None = Field(None, ge=1, le=100_000, description="cap on epochs (None: the trainer's budget)")
     trim_fraction: float = Field(0.0, ge=0, lt=0.5, description="share of worst-fitting rows per batch left out")
-    batch_size: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1, le=TABLE_BATCH_MAX)
     latent_dim: int | None = Field(None, ge=1, le=1024)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
 
     @field_validator("alias")
@@ -49,7 +57,9 @@ class DaskOptions(BaseModel):
         pattern=r"^([a-z]+://\S+|[\w.\-]+:\d+)$",
         description="scheduler address of an existing Dask cluster, e.g. tcp://10.0.0.5:8786",
     )
-    dask_workers: int | None = Field(None, ge=1, le=1024, description="start a LocalCluster with this many workers")
+    dask_workers: int | None = Field(
+        None, ge=1, le=DASK_WORKERS_MAX, description="start a LocalCluster with this many workers"
+    )
     dask_processes: bool = Field(True, description="LocalCluster workers are processes (False: threads of this one)")
 
     @model_validator(mode="after")
@@ -114,8 +124,7 @@ class ScoreConfig(DaskOptions, FlagRuleOptions):
     @field_validator("model")
     @classmethod
     def _model_uri(cls, v: str) -> str:
-        if not v.startswith(MODEL_URI_PREFIXES):
-            raise ValueError(f"model must be an MLflow URI such as models:/vae-anomaly@champion, got {v!r}")
+        parse_model_uri(v)  # a ModelError (exit 3), not a validation error: the URI names no registry model
         return v
 
 
@@ -176,17 +185,17 @@ class ImageTrainConfig(BaseModel):
 
     data: list[str] = Field(min_length=1, description="normal images: a folder, image files or globs, an IDX or .npz")
     normal_label: int | None = Field(None, description="with a labelled IDX/.npz file: train on this label only")
-    model_name: str = Field("vae-anomaly-images", min_length=1, description="registered model name")
+    model_name: str = Field("vae-anomaly-images", pattern=MODEL_NAME, description="registered model name")
     alias: str = Field("champion", min_length=1, description="alias set on the new model version")
     experiment: str = Field("vae-anomaly", min_length=1, description="MLflow experiment name")
     alpha: float = Field(0.01, gt=0, lt=1, description="target false-positive rate of the threshold")
     max_epochs: int | None = Field(None, ge=1, le=100_000, description="cap on epochs (None: the trainer's 20)")
-    batch_size: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1, le=IMAGE_BATCH_MAX)
     latent_dim: int = Field(16, ge=1, le=1024)
     likelihood: str = Field("gaussian", pattern="^(gaussian|bernoulli|cbernoulli)$")
     score_method: str = Field("recon", pattern="^(recon|elbo|iwae)$")
     n_models: int = Field(1, ge=1, le=20, description="ensemble size")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
 
     @field_validator("alias")
@@ -212,9 +221,7 @@ class ImageScoreConfig(FlagRuleOptions):
     @field_validator("model")
     @classmethod
     def _model_uri(cls, v: str) -> str:
-        if not v.startswith(MODEL_URI_PREFIXES):
-            raise ValueError(f"model must be an MLflow URI such as models:/vae-anomaly-images@champion, got {v!r}")
-        return v
+        return ScoreConfig._model_uri(v)
 
 
 class RetrainConfig(TrainConfig):

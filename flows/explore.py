@@ -22,8 +22,18 @@ import numpy as np
 
 from flows.cli import ArgumentParser, run
 from pipeline.errors import InputError
+from pipeline.paths import regular_file
 
 _INDEXED = re.compile(r"^(?P<file>.+)#(?P<index>\d+)$")
+
+# Bounds of explore's sizes. Each command draws one figure: past these it is unreadable, and its drawing
+# time and memory grow without bound (``samples --n 20000`` was still drawing its grid after 90 s).
+# The arguments are checked before the model is loaded; the number of images ``latent`` reads, once read.
+N_RANGE = (1, 1024)  # samples --n: one grid image, at most 32 x 32 images
+STEPS_RANGE = (2, 100)  # interpolate --steps: one strip, a column per step
+RECONSTRUCT_MAX = 64  # reconstruct: one column per image
+LATENT_MAX = 100_000  # latent: points of the scatter plots (MNIST's 70 000 images fit)
+SEED_RANGE = (0, 2**32 - 1)  # what every seeded generator accepts
 
 
 def read_one(spec: str, det: Any) -> np.ndarray:
@@ -41,9 +51,7 @@ def read_one(spec: str, det: Any) -> np.ndarray:
         if not 0 <= i < len(images):
             raise InputError(f"{m['file']} holds {len(images)} images, index {i} is out of range")
         return images.pixels[i]
-    p = Path(spec)
-    if not p.is_file():
-        raise InputError(f"image not found: {p}")
+    p = regular_file(spec, "image")  # never opens a FIFO (it would block)
     try:
         return decode_image(p, det.image_mode, det.image_size)[0]
     except Exception as e:  # Pillow's many error types
@@ -97,6 +105,11 @@ def latent(det: Any, out: Path, source: list[str]) -> list[Path]:
     from pipeline.images import read_images
 
     images = read_images(source[0] if len(source) == 1 else source, mode=det.image_mode, size=det.image_size)
+    if len(images) > LATENT_MAX:
+        raise InputError(
+            f"latent: {' '.join(source)} holds {len(images)} images, at most {LATENT_MAX} are plotted: "
+            "give a subset (a folder, files or a glob)"
+        )
     x = images.pixels
     z = det.encode(x)
     colour, name = _labels(images)
@@ -129,17 +142,42 @@ def build_parser() -> ArgumentParser:
     common.add_argument("--experiment", default="vae-anomaly-explore", help="MLflow experiment")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("samples", parents=[common], help="a grid of images decoded from the prior")
-    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--n", type=int, default=64, help=f"images, {N_RANGE[0]}..{N_RANGE[1]} (default: 64)")
     s.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("interpolate", parents=[common], help="an interpolation strip between two images")
     s.add_argument("a")
     s.add_argument("b")
-    s.add_argument("--steps", type=int, default=10)
+    s.add_argument("--steps", type=int, default=10, help=f"steps, {STEPS_RANGE[0]}..{STEPS_RANGE[1]} (default: 10)")
     s = sub.add_parser("latent", parents=[common], help="2-D PNG and 3-D HTML plots of the latent space")
     s.add_argument("images", nargs="+")
-    s = sub.add_parser("reconstruct", parents=[common], help="reconstructions of given images")
+    s = sub.add_parser(
+        "reconstruct", parents=[common], help=f"reconstructions of given images (at most {RECONSTRUCT_MAX})"
+    )
     s.add_argument("images", nargs="+")
     return p
+
+
+def _check_range(flag: str, value: int, bounds: tuple[int, int], what: str) -> None:
+    lo, hi = bounds
+    if not lo <= value <= hi:
+        raise InputError(f"{flag} must be in {lo}..{hi} ({what}), got {value}")
+
+
+def check_args(args: Any) -> None:
+    """Refuse sizes outside explore's bounds (see ``N_RANGE``...), before any model is loaded.
+
+    Raises:
+        InputError: names the flag, the value and the allowed range.
+    """
+    if args.command == "samples":
+        _check_range("--n", args.n, N_RANGE, "images on one grid")
+        _check_range("--seed", args.seed, SEED_RANGE, "a seed")
+    elif args.command == "interpolate":
+        _check_range("--steps", args.steps, STEPS_RANGE, "columns of one strip")
+    elif args.command == "reconstruct" and len(args.images) > RECONSTRUCT_MAX:
+        raise InputError(
+            f"reconstruct takes at most {RECONSTRUCT_MAX} images (columns of one figure), got {len(args.images)}"
+        )
 
 
 def explore(args: Any) -> tuple[list[Path], str]:
@@ -147,6 +185,7 @@ def explore(args: Any) -> tuple[list[Path], str]:
     from flows import image_tracking, tracking
     from pipeline.errors import ModelError
 
+    check_args(args)
     tracking.setup()
     model = tracking.load_model(args.model)
     det = model.detector
@@ -159,12 +198,8 @@ def explore(args: Any) -> tuple[list[Path], str]:
         raise InputError(f"cannot create output folder {out}: {e.strerror or e}") from e
     cmd = args.command
     if cmd == "samples":
-        if args.n < 1:
-            raise InputError(f"--n must be >= 1, got {args.n}")
         files, params = samples(det, out, args.n, args.seed), {"n": args.n, "seed": args.seed}
     elif cmd == "interpolate":
-        if args.steps < 2:
-            raise InputError(f"--steps must be >= 2, got {args.steps}")
         files, params = interpolate(det, out, args.a, args.b, args.steps), {"a": args.a, "b": args.b}
     elif cmd == "latent":
         files, params = latent(det, out, args.images), {"images": " ".join(args.images)}

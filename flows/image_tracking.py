@@ -36,7 +36,8 @@ def log_image_training_run(
         sample: (k, C, H, W) a few training images for the reconstruction figure.
     """
     import mlflow
-    from mlflow.models import infer_signature
+
+    from flows.pyfunc import pyfunc_signature
 
     uri = mlflow.get_tracking_uri()
     try:
@@ -113,11 +114,7 @@ def log_image_training_run(
             det_dir = det.save(Path(tmp) / "detector")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                signature = infer_signature(
-                    pd.DataFrame({"path": ["image.png"]}),
-                    pd.DataFrame({"score": [0.0], "threshold": [0.0], "is_anomaly": [0.0], "error": [""]}),
-                )
-                info = tracking._log_pyfunc(det_dir, signature, model_name)
+                info = tracking._log_pyfunc(det_dir, pyfunc_signature("image"), model_name)
             version = str(info.registered_model_version)
             client.set_registered_model_alias(model_name, alias, version)
             client.set_model_version_tag(model_name, version, "threshold", f"{det.threshold_:.9g}")

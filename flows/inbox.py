@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 # something to score: most scheduled runs find no new file and finish in about a second.
 
 FAILED_STATUSES = ("failed", "quarantined")
+# --interval's upper bound: 30 days; rarer runs take --cron (a far larger value overflows the schedule).
+INTERVAL_MAX_S = 30 * 86_400
 
 
 def manifest_of(config: InboxConfig) -> Manifest:
@@ -216,8 +218,11 @@ def schedule_of(args: Any) -> dict[str, Any] | None:
         raise InputError("--once cannot be combined with --serve, --interval or --cron")
     if args.interval is not None and args.cron is not None:
         raise InputError(f"give --interval ({args.interval}) or --cron ({args.cron!r}), not both")
-    if args.interval is not None and args.interval <= 0:
-        raise InputError(f"--interval must be > 0 seconds, got {args.interval}")
+    if args.interval is not None and not 0 < args.interval <= INTERVAL_MAX_S:  # NaN too
+        raise InputError(
+            f"--interval must be > 0 and at most {INTERVAL_MAX_S} seconds (30 days; use --cron for rarer runs), "
+            f"got {args.interval}"
+        )
     if args.interval is not None:
         return {"interval": args.interval}
     if args.cron is not None:

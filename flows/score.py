@@ -105,16 +105,18 @@ def publish_summary(summaries: list[dict[str, Any]], errors: list[str], experime
 @flow(name="score", log_prints=True)
 def score(config: ScoreConfig) -> list[dict[str, Any]]:
     """Score every input file; returns one summary per file. Fails if any file failed."""
+    try:
+        pairs = expand_inputs(config.inputs, config.out)  # refuses inputs that would share a report, before any work
+    except user_errors() as e:
+        err = UserError.of(e)
+        return Failed(message=err.message, data=[err])  # type: ignore[return-value]
     model = load_model(config.model)
     if isinstance(model, UserError):
         return Failed(message=model.message, data=[model])  # type: ignore[return-value]
     # In order, or in parallel on Dask (config.dask_*); a folder input is a dataset: one task per part.
     results = run_each(
         score_file,
-        [
-            {"model": model, "path": p, "config": config, "out": out}
-            for p, out in expand_inputs(config.inputs, config.out)
-        ],
+        [{"model": model, "path": p, "config": config, "out": out} for p, out in pairs],
         config,
     )
     summaries = [r for r in results if not isinstance(r, UserError)]

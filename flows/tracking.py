@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flows.model_uri import parse_model_uri
 from flows.settings import artifact_root, redact, tracking_uri
 from pipeline.detector import VAEAnomalyDetector
 from pipeline.errors import ModelError
@@ -152,7 +153,8 @@ def log_training_run(
 ) -> RegisteredVersion:
     """Log params, per-epoch losses, metrics, schema, calibration and the pyfunc; register it; set alias."""
     import mlflow
-    from mlflow.models import infer_signature
+
+    from flows.pyfunc import pyfunc_signature
 
     uri = mlflow.get_tracking_uri()
     try:
@@ -213,15 +215,9 @@ def log_training_run(
             )
             mlflow.log_artifact(str(png), "calibration")
             det_dir = det.save(Path(tmp) / "detector")
-            features = det.schema_.validate(sample, require_ids=False)
-            with warnings.catch_warnings():  # is_anomaly is an integer on purpose: 0/1, never missing
-                warnings.simplefilter("ignore", UserWarning)
-                signature = infer_signature(
-                    features, pd.DataFrame({"score": [0.0], "threshold": [0.0], "is_anomaly": [0]})
-                )
             with warnings.catch_warnings():  # MLflow's advice on type hints and input examples
-                warnings.simplefilter("ignore", UserWarning)
-                info = _log_pyfunc(det_dir, signature, model_name)
+                warnings.simplefilter("ignore", UserWarning)  # input columns: schema.json, not the signature
+                info = _log_pyfunc(det_dir, pyfunc_signature("table"), model_name)
             version = str(info.registered_model_version)
             client.set_registered_model_alias(model_name, alias, version)
             client.set_model_version_tag(model_name, version, "threshold", f"{det.threshold_:.9g}")
@@ -246,34 +242,54 @@ def _log_pyfunc(det_dir: Path, signature: Any, model_name: str) -> Any:
     )
 
 
-_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
-_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+def _confined_source(client: Any, name: str, version: str) -> str:
+    """The registry URI ``models:/NAME/VERSION`` to load, once the version's files are inside the store.
+
+    A version registered from a local folder outside the store's artifact root (for the embedded store:
+    ``<project>/mlartifacts``) is refused; a tracking server's proxied artifacts are inside by construction.
+
+    Raises:
+        ModelError: the version's files lie outside the artifact root.
+    """
+    from urllib.parse import unquote, urlparse
+
+    location = client.get_model_version_download_uri(name, version)
+    parsed = urlparse(location)
+    if parsed.scheme in ("", "file"):
+        local = Path(unquote(parsed.path) if parsed.scheme else location).resolve()
+        root = artifact_root().resolve()
+        if not local.is_relative_to(root):
+            raise ModelError(
+                f"model models:/{name}/{version} is stored at {local}, outside the store's artifact root "
+                f"{root}: refused (models load only from the configured store)"
+            )
+    return f"models:/{name}/{version}"
 
 
 def load_model(model_uri: str) -> ResolvedModel:
-    """Resolve ``model_uri`` in the registry and load its detector through the pyfunc.
+    """Resolve ``model_uri`` (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) in the configured registry
+    and load its detector through the pyfunc; nothing outside the store is ever loaded.
 
     Raises:
-        ModelError: unknown model name, alias or version, or missing artifacts.
+        ModelError: another URI form, an unknown model name, alias or version, files outside the store,
+            or missing artifacts.
         TrackingUnavailable: the tracking server cannot be reached.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    name, alias, version = parse_model_uri(model_uri)
     uri = mlflow.get_tracking_uri()
-    name = version = None
     # MLflow prepends the model's code snapshot (code_paths) to sys.path: later imports in this process, and
     # Dask worker processes (which start with a copy of sys.path), would load that old copy of our packages.
     path = list(sys.path)
     try:
         client = mlflow.MlflowClient()
-        if m := _ALIAS_URI.match(model_uri):
-            name = m["name"]
-            version = str(client.get_model_version_by_alias(name, m["alias"]).version)
-        elif m := _VERSION_URI.match(model_uri):
-            name, version = m["name"], m["version"]
+        if alias is not None:
+            version = str(client.get_model_version_by_alias(name, alias).version)
+        else:
             client.get_model_version(name, version)
-        model = mlflow.pyfunc.load_model(model_uri)
+        model = mlflow.pyfunc.load_model(_confined_source(client, name, str(version)))
     except MlflowException as e:
         t = _translate(e, uri)
         if isinstance(t, TrackingUnavailable):

@@ -8,10 +8,12 @@ empty. Flags, p-values and batch health are computed over the decoded images onl
 
 from __future__ import annotations
 
+import base64
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,16 @@ from pipeline.errors import InputError
 from pipeline.health import batch_health
 from pipeline.image_detector import ImageVAEDetector
 from pipeline.image_plots import contact_sheet
-from pipeline.images import ImageSet, batch_name, digest, read_images
+from pipeline.images import IMAGE_FORMATS, ImageSet, batch_name, decode_image, decode_image_bytes, digest, read_images
 from pipeline.metrics import labelled_metrics
-from pipeline.report import REPORT_SUFFIX, neutralise_cell, write_csv_atomic, write_text_atomic
+from pipeline.paths import confined_file
+from pipeline.report import REPORT_SUFFIX, write_csv_atomic, write_text_atomic
 from pipeline.rules import FlagRule, apply_rule
 
 CONTACT_SUFFIX = ".contact_sheet.png"
+IMAGE_COLUMN, PATH_COLUMN = "image", "path"
+IMAGE_ROOT_ENV = "VAE_ANOMALY_IMAGE_ROOT"
+"""The environment variable the pyfunc takes ``image_root`` from (read in flows.pyfunc; named here for messages)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,7 @@ def build_image_report(images: ImageSet, scores: np.ndarray, flags: Any) -> pd.D
     flag[ok] = [int(v) for v in flags.is_anomaly]
     out = pd.DataFrame(
         {
-            "path": [neutralise_cell(x) for x in images.paths],
+            "path": list(images.paths),
             "score": score,
             "threshold": float(flags.threshold),
             "is_anomaly": flag,
@@ -82,7 +88,7 @@ def build_image_report(images: ImageSet, scores: np.ndarray, flags: Any) -> pd.D
         q = np.full(n, np.nan)
         q[ok] = flags.q_value
         out["q_value"] = q
-    out["error"] = [neutralise_cell(e) for e in images.errors]
+    out["error"] = list(images.errors)
     return out
 
 
@@ -186,29 +192,105 @@ def write_image_summary(summary: ImageSummary, path: str | Path) -> Path:
     return write_text_atomic(json.dumps(summary.to_dict(), indent=1, default=str), path)
 
 
-def score_image_paths(det: ImageVAEDetector, frame: pd.DataFrame) -> pd.DataFrame:
-    """Score the image files named in ``frame["path"]``, one output row per input row (the pyfunc's predict).
+def score_image_frame(det: ImageVAEDetector, frame: pd.DataFrame, image_root: str | Path | None = None) -> pd.DataFrame:
+    """Score the images a frame carries, one output row per input row, in order (the pyfunc's predict).
+
+    A column ``image`` holds PNG/JPEG/BMP files' bytes, base64-encoded (or raw ``bytes``); else a column ``path``
+    names image files, read only under ``image_root`` (relative paths from there) and refused without one;
+    a path that is missing and one outside the root get the same error. A cell that cannot be read or decoded
+    is that row's ``error``; the other rows are scored.
 
     Returns:
-        A frame with ``score``, ``threshold``, ``is_anomaly`` (0/1, NaN where undecodable) and ``error``.
+        A frame with ``score`` (NaN where ``error``), ``threshold``, ``is_anomaly`` (0/1, None where ``error``)
+        and ``error`` ('' when decoded).
 
     Raises:
-        InputError: ``frame`` has no ``path`` column.
+        InputError: no ``image`` column and no ``path`` column, a ``path`` column without ``image_root``,
+            or an ``image_root`` that is not a folder.
     """
-    from pipeline.images import decode_image
-
-    if "path" not in frame.columns:
-        raise InputError(f"an image model takes a column 'path' of image files, got columns {list(frame.columns)}")
+    column, read = _cell_reader(frame, image_root)
     n = len(frame)
     pixels, ok, errors = [], np.zeros(n, dtype=bool), [""] * n
-    for i, p in enumerate(frame["path"].astype(str)):
+    for i, cell in enumerate(frame[column].tolist()):
         try:
-            pixels.append(decode_image(Path(p), det.image_mode, det.image_size)[0])
+            pixels.append(read(cell, det.image_mode, det.image_size))
             ok[i] = True
-        except Exception as e:  # one bad file is one row's error, never the batch's
-            errors[i] = f"cannot decode image: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        except InputError as e:
+            errors[i] = str(e)
+        except Exception as e:  # Pillow raises many types for a bad image: the row carries the reason
+            errors[i] = _decode_error(e)
     score = np.full(n, np.nan)
     if pixels:
         score[ok] = det.score_samples(np.stack(pixels))
-    flag = np.where(ok, (score > det.threshold_).astype(np.float64), np.nan)
+    flag = np.full(n, None, dtype=object)
+    flag[ok] = [int(s > det.threshold_) for s in score[ok]]
     return pd.DataFrame({"score": score, "threshold": det.threshold_, "is_anomaly": flag, "error": errors})
+
+
+CellReader = Callable[[Any, str, tuple[int, int]], np.ndarray]
+"""(cell, mode, size) -> (C, H, W) pixels of one cell of the image column."""
+
+
+def _cell_reader(frame: pd.DataFrame, image_root: str | Path | None) -> tuple[str, CellReader]:
+    """The column of ``frame`` that carries the images (``image`` when both are there) and how to read a cell.
+
+    Raises:
+        InputError: see :func:`score_image_frame`.
+    """
+    columns = [str(c) for c in frame.columns]
+    if IMAGE_COLUMN in columns:
+        return IMAGE_COLUMN, _from_base64
+    if PATH_COLUMN not in columns:
+        raise InputError(
+            f"an image model takes a column {IMAGE_COLUMN!r} of base64-encoded PNG/JPEG/BMP files, "
+            f"got columns {columns[:20]}"
+        )
+    if image_root is None:
+        raise InputError(
+            f"a {PATH_COLUMN!r} column is not accepted: send the images' bytes base64-encoded in an "
+            f"{IMAGE_COLUMN!r} column, or set {IMAGE_ROOT_ENV} on the server to a folder the paths lie in"
+        )
+    root = Path(image_root)
+    if not root.is_dir():
+        raise InputError(f"{IMAGE_ROOT_ENV} is not a folder: the server cannot read a {PATH_COLUMN!r} column")
+    return PATH_COLUMN, partial(_from_path, root=root)
+
+
+def _from_path(cell: Any, mode: str, size: tuple[int, int], root: Path) -> np.ndarray:
+    """(C, H, W) pixels of the file one ``path`` cell names, once it is a regular file under ``root``.
+
+    Raises:
+        InputError: the same message for a path that is missing and one outside ``root``.
+        OSError, ValueError: the file is not a PNG, JPEG or BMP image Pillow can decode.
+    """
+    return decode_image(confined_file(str(cell), root, "image"), mode, size, IMAGE_FORMATS)[0]
+
+
+def _from_base64(cell: Any, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) pixels of one ``image`` cell: base64 text (whitespace ignored) or raw bytes.
+
+    Raises:
+        InputError: the cell is neither text nor bytes, or not valid base64.
+        OSError, ValueError: the bytes are not a PNG, JPEG or BMP image Pillow can decode.
+    """
+    if isinstance(cell, bytes | bytearray):
+        return decode_image_bytes(bytes(cell), mode, size)[0]
+    if not isinstance(cell, str) or not cell.strip():
+        empty = cell is None or isinstance(cell, str) or (isinstance(cell, float) and np.isnan(cell))
+        found = "nothing" if empty else f"a {type(cell).__name__}"
+        raise InputError(f"{IMAGE_COLUMN!r} holds {found}, expected base64-encoded image bytes")
+    try:
+        data = base64.b64decode("".join(cell.split()), validate=True)
+    except ValueError:  # binascii.Error
+        raise InputError(f"{IMAGE_COLUMN!r} is not valid base64 (expected base64-encoded image bytes)") from None
+    return decode_image_bytes(data, mode, size)[0]
+
+
+def _decode_error(e: Exception) -> str:
+    """One line saying why Pillow could not decode an image (never the file's server path)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(e, UnidentifiedImageError):
+        return "cannot decode image: not a PNG, JPEG or BMP image"
+    text = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"cannot decode image: {type(e).__name__}: {text}"

@@ -16,16 +16,19 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
+import io
 import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from pipeline.errors import InputError
+from pipeline.paths import regular_file
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +119,20 @@ def image_files(folder: Path) -> list[Path]:
 def resolve_inputs(inputs: Sequence[str | Path]) -> tuple[Path, list[Path]]:
     """The root and the image files of loose inputs (image files and glob patterns), each file once.
 
+    A named file must be a regular file (a FIFO would block the reader); a glob keeps the regular files it
+    matches, as a folder's walk does.
+
     Raises:
-        InputError: a path does not exist, is not an image file, or a glob matches no image.
+        InputError: a path does not exist, is not an image file or not a regular file, or a glob matches
+            no image.
     """
     files: list[Path] = []
     for item in inputs:
         text = str(item)
         if _GLOB_CHARS.search(text) and not Path(text).exists():
-            matched = [Path(m) for m in sorted(glob.glob(text, recursive=True)) if is_image_file(Path(m))]
+            matched = [
+                Path(m) for m in sorted(glob.glob(text, recursive=True)) if is_image_file(Path(m)) and Path(m).is_file()
+            ]
             if not matched:
                 raise InputError(f"glob {text!r} matches no {'/'.join(IMAGE_SUFFIXES)} image")
             files += matched
@@ -136,7 +145,7 @@ def resolve_inputs(inputs: Sequence[str | Path]) -> tuple[Path, list[Path]]:
                 f"unsupported image file {p}: expected one of {', '.join(IMAGE_SUFFIXES)}, "
                 "a folder of them, or an IDX/.npz array file"
             )
-        files.append(p)
+        files.append(regular_file(p, "image file"))
     seen, unique = set(), []
     for f in files:  # an image named twice (a file and a glob) is read once
         key = f.resolve()
@@ -170,19 +179,30 @@ def _to_unit(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr.astype(np.float32), 0.0, 1.0)
 
 
-def decode_image(path: Path, mode: str | None, size: tuple[int, int] | None) -> tuple[np.ndarray, list[str]]:
-    """One image file as (C, H, W) float32 in [0, 1], converted to ``mode`` ("L" or "RGB") and ``size`` (H, W).
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP")
+"""Pillow formats accepted from image bytes (:func:`decode_image_bytes`): those of ``IMAGE_SUFFIXES``."""
+
+
+def decode_image(
+    source: Path | BinaryIO,
+    mode: str | None,
+    size: tuple[int, int] | None,
+    formats: Sequence[str] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """One image (a file's path, or a binary file object) as (C, H, W) float32 in [0, 1], converted to ``mode``
+    ("L" or "RGB") and ``size`` (H, W).
 
     With ``mode`` None the image keeps grey (1 channel) or colour (3 channels) as it is; with ``size`` None
-    it keeps its size. Returns the pixels and the conversions applied ("resized 30x30->28x28", ...).
+    it keeps its size; with ``formats`` (Pillow format names) other formats are not tried. Returns the pixels
+    and the conversions applied ("resized 30x30->28x28", ...).
 
     Raises:
-        OSError, ValueError: the file cannot be decoded (Pillow's error).
+        OSError, ValueError: the image cannot be decoded (Pillow's error).
     """
     from PIL import Image
 
     notes = []
-    with Image.open(path) as im:
+    with Image.open(source, formats=None if formats is None else list(formats)) as im:
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit or float grey: scale by hand
             grey = Image.fromarray((_to_unit(np.asarray(im)) * 255.0 + 0.5).astype(np.uint8))
@@ -198,6 +218,15 @@ def decode_image(path: Path, mode: str | None, size: tuple[int, int] | None) -> 
         arr = _to_unit(np.asarray(im))
     arr = arr[None] if arr.ndim == 2 else np.transpose(arr, (2, 0, 1))
     return np.ascontiguousarray(arr, dtype=np.float32), notes
+
+
+def decode_image_bytes(data: bytes, mode: str | None, size: tuple[int, int] | None) -> tuple[np.ndarray, list[str]]:
+    """One PNG, JPEG or BMP image from its encoded bytes, converted as :func:`decode_image` converts a file.
+
+    Raises:
+        OSError, ValueError: the bytes are not such an image (Pillow's error).
+    """
+    return decode_image(io.BytesIO(data), mode, size, IMAGE_FORMATS)
 
 
 def _is_grey(im: object) -> bool:
@@ -217,11 +246,13 @@ def _read_maybe_gzip(path: Path) -> bytes:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX image file (optionally gzip) as (n, H, W) uint8.
+    """An IDX image file (optionally gzip) as (n, H, W) uint8, at least one image of at least 1x1 pixels.
 
     Raises:
-        InputError: not an IDX3 uint8 file (names the magic number found) or truncated.
+        InputError: not a regular file, not an IDX3 uint8 file (names the magic number found), 0 images or
+            0 pixels per image in its header, or truncated.
     """
+    path = regular_file(path, "IDX file")
     try:
         raw = _read_maybe_gzip(path)
     except (OSError, EOFError) as e:
@@ -231,6 +262,10 @@ def read_idx(path: Path) -> np.ndarray:
     magic, n, h, w = (int.from_bytes(raw[i : i + 4], "big") for i in range(0, 16, 4))
     if magic != 2051:
         raise InputError(f"{path} is not an IDX image file: magic number {magic}, expected 2051 (0x00000803)")
+    if n == 0:
+        raise InputError(f"{path} holds 0 images: its header says 0 images of {h}x{w}; give a file with images")
+    if h == 0 or w == 0:
+        raise InputError(f"{path} holds images of {h}x{w} pixels (its header): an image needs at least 1x1 pixels")
     if len(raw) != 16 + n * h * w:
         raise InputError(
             f"{path} is truncated: header says {n} images of {h}x{w} ({16 + n * h * w} bytes), "
@@ -258,8 +293,10 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     ``labels`` or ``y`` when present.
 
     Raises:
-        InputError: unreadable, no image array, or an array of the wrong shape.
+        InputError: not a regular file, unreadable, no image array, an array of the wrong shape, 0 images,
+            or images of 0 pixels.
     """
+    path = regular_file(path, ".npz file")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -276,6 +313,13 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     x = arrays[key]
     if not (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] in (1, 3))):
         raise InputError(f"{path}: array {key!r} has shape {x.shape}, expected (n, H, W) or (n, H, W, 1|3)")
+    if len(x) == 0:
+        raise InputError(f"{path} holds 0 images: array {key!r} has shape {x.shape}; give a file with images")
+    if 0 in x.shape[1:3]:
+        raise InputError(
+            f"{path}: array {key!r} has shape {x.shape}: images of {x.shape[1]}x{x.shape[2]} pixels, "
+            "an image needs at least 1x1 pixels"
+        )
     if x.dtype.kind not in "uif":
         raise InputError(f"{path}: array {key!r} has dtype {x.dtype}, expected integers or floats")
     lab = next((arrays[k] for k in NPZ_LABEL_KEYS if k in arrays), None)

@@ -12,6 +12,7 @@ change meanwhile, and records the outcome; a failure is retried by later runs an
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -26,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import InputError
 from pipeline.io import sha256_file
 from pipeline.manifest import Claim, Fingerprint, Manifest, Skip
-from pipeline.report import REPORT_SUFFIX, write_text_atomic
+from pipeline.paths import regular_file
+from pipeline.report import REPORT_SUFFIX, report_path, write_text_atomic
 
 if TYPE_CHECKING:  # the scoring stack (torch) is imported only when a table is scored
     from pipeline.detector import VAEAnomalyDetector
@@ -55,9 +57,10 @@ KINDS: dict[str, Kind] = {
 
 @dataclass(frozen=True)
 class Item:
-    """One thing to score: ``path`` in the inbox, ``rel`` its POSIX path relative to the inbox.
+    """One thing to score: ``path`` in the inbox, ``rel`` its POSIX path relative to the inbox (valid UTF-8).
 
-    ``refused`` says why it must never be read (a symlink pointing outside the inbox).
+    ``refused`` says why it must never be read: a symlink pointing outside the inbox or that never reaches a
+    file (a loop), a FIFO or other file that is not a regular file, a name that is not valid UTF-8.
     """
 
     path: Path
@@ -135,7 +138,9 @@ def discover(
 
     Hidden names (``.x``, ``~x``) and partial-download names (``*.part``, ``*.tmp``...) are skipped, as
     are the folders in ``exclude``. Symlinks are never followed into folders; a symlink (file or folder)
-    that resolves outside the inbox becomes a *refused* item (quarantined, never read).
+    that resolves outside the inbox, or cannot be resolved (a loop), becomes a *refused* item (quarantined,
+    never read), as does a FIFO, socket or device with an item's suffix, and an item whose path is not valid
+    UTF-8 (its ``rel`` shows the bad bytes as U+FFFD, so that the manifest and the quarantine can hold it).
 
     Raises:
         InputError: ``inbox`` is not a folder, or a kind is unknown.
@@ -150,8 +155,31 @@ def discover(
     file_kinds = {s: k for k in kinds if not KINDS[k].folder for s in KINDS[k].suffixes}
     folder_kinds = [KINDS[k] for k in kinds if KINDS[k].folder]
     skip = {p.resolve() for p in exclude}
-    items = list(_walk(base, base, file_kinds, folder_kinds, skip))
+    items = [_utf8_named(i) for i in _walk(base, base, file_kinds, folder_kinds, skip)]
     return sorted(items, key=lambda i: i.rel)
+
+
+def _clean(text: str) -> str:
+    """``text`` as valid UTF-8: the undecodable bytes of a file name (surrogate escapes) become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _utf8_named(item: Item) -> Item:
+    """``item``, or, when its path is not valid UTF-8, a refused item with a valid UTF-8 ``rel``."""
+    rel = _clean(item.rel)
+    if rel == item.rel:
+        return item
+    why = f"its name {os.fsencode(item.rel)!r} is not valid UTF-8: rename it (UTF-8), then put it back"
+    return Item(item.path, rel, item.kind, refused=why if item.refused is None else f"{_clean(item.refused)}; {why}")
+
+
+def _not_regular(path: Path) -> str | None:
+    """Why ``path`` (not a regular file, as ``DirEntry.is_file`` said) is refused; None when it vanished."""
+    try:
+        regular_file(path, "inbox file")
+    except InputError as e:
+        return None if not os.path.lexists(path) else f"{_clean(str(e))}: the inbox takes regular files only"
+    return None
 
 
 def _walk(
@@ -168,9 +196,15 @@ def _walk(
         if _ignored(e.name):
             continue
         if e.is_symlink():
-            target = path.resolve()
+            try:
+                target = path.resolve()
+            except (OSError, RuntimeError) as err:  # a symlink loop (RuntimeError before Python 3.13)
+                loop = isinstance(err, RuntimeError) or getattr(err, "errno", None) == errno.ELOOP
+                why = "a symlink loop" if loop else f"a symlink that cannot be resolved ({err})"
+                yield Item(path, rel, "symlink", refused=_clean(f"{why}: {e.name} -> {os.readlink(path)}"))
+                continue
             if not target.is_relative_to(base):
-                yield Item(path, rel, "symlink", refused=f"a symlink to {target}, outside the inbox {base}")
+                yield Item(path, rel, "symlink", refused=_clean(f"a symlink to {target}, outside the inbox {base}"))
             elif e.is_file() and path.suffix.lower() in file_kinds:
                 yield Item(path, rel, file_kinds[path.suffix.lower()])
             continue  # a symlinked folder inside the inbox is reached by its real path
@@ -182,8 +216,12 @@ def _walk(
                 yield Item(path, rel, kind.name)
             else:
                 yield from _walk(base, path, file_kinds, folder_kinds, skip)
-        elif e.is_file() and path.suffix.lower() in file_kinds:
-            yield Item(path, rel, file_kinds[path.suffix.lower()])
+        elif path.suffix.lower() in file_kinds:
+            kind = file_kinds[path.suffix.lower()]
+            if e.is_file():
+                yield Item(path, rel, kind)
+            elif (why := _not_regular(path)) is not None:  # a FIFO would block its reader: never opened
+                yield Item(path, rel, kind, refused=why)
 
 
 def _holds(folder: Path, kind: Kind) -> bool:
@@ -209,7 +247,28 @@ def expand_inputs(inputs: list[Path], out: Path) -> list[tuple[Path, Path]]:
         root = Path(out) / Path(p).resolve().name
         tables = KINDS["table"].suffixes  # a symlink the user put in their own dataset folder is read too
         pairs += [(item.path, out_dir_for(root, item.rel)) for item in parts if item.path.suffix.lower() in tables]
+    _check_one_report_each(pairs)
     return pairs
+
+
+def _check_one_report_each(pairs: list[tuple[Path, Path]]) -> None:
+    """Refuse inputs that would write the same report (one would overwrite the other's rows).
+
+    Raises:
+        InputError: names both inputs and the report they share.
+    """
+    owner: dict[Path, Path] = {}
+    for path, out_dir in pairs:
+        report = report_path(out_dir, path)
+        first = owner.setdefault(report.absolute(), path)
+        if first is path:
+            continue
+        if first.absolute() == path.absolute():
+            raise InputError(f"input {path} is given twice: each input is scored once, into one report")
+        raise InputError(
+            f"inputs {first} and {path} would both write the report {report}: "
+            "score them into different --out folders, or rename one"
+        )
 
 
 def stat_of(item: Item) -> tuple[int, int]:
@@ -237,14 +296,16 @@ def settled(item: Item, min_age_s: float, now: float | None = None) -> bool:
 def fingerprint(item: Item) -> Fingerprint:
     """Size, mtime and sha256 of an item (for a folder: of its files' names and bytes, in name order).
 
-    A refused symlink is fingerprinted by its target's name, never read.
+    A refused item is never read: a symlink is fingerprinted by its target's name, another item by its path.
 
     Raises:
         FileChangedError: the item changed while it was hashed.
     """
     before = stat_of(item)
-    if item.refused is not None:
-        digest = hashlib.sha256(f"symlink->{os.readlink(item.path)}".encode()).hexdigest()
+    if item.refused is not None and item.path.is_symlink():
+        digest = hashlib.sha256(b"symlink->" + os.fsencode(os.readlink(item.path))).hexdigest()
+    elif item.refused is not None:
+        digest = hashlib.sha256(b"refused:" + os.fsencode(item.path)).hexdigest()
     elif item.path.is_dir():
         h = hashlib.sha256()
         for f in sorted(item.path.iterdir()):
@@ -343,8 +404,8 @@ def process_item(
     """
     try:
         fp = fingerprint(item)
-    except (OSError, FileChangedError) as e:
-        return Outcome(item.rel, "skipped", error=f"not settled: {e}")
+    except (OSError, InputError) as e:  # changed, vanished, or became a FIFO since it was found: look again
+        return Outcome(item.rel, "skipped", error=_clean(f"not settled: {e}"))
     try:
         report = str(planned_report(outbox, item)) if item.refused is None else None
     except Refused as e:

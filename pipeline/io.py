@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import InputError
+from pipeline.paths import regular_file
 
 CSV_SUFFIXES = {".csv", ".txt", ".tsv"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
@@ -47,9 +48,13 @@ NA_TEXT = [
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a file's bytes.
+
+    Raises:
+        InputError: ``path`` is not a regular file (opening a FIFO would block).
+    """
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(regular_file(path, "input file"), "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -90,12 +95,14 @@ def read_table(path: str | Path, str_columns: Sequence[str] = ()) -> pd.DataFram
 
 
 def _check_file(path: str | Path) -> Path:
-    """The path, once it names a non-empty file of a supported type (else InputError)."""
+    """The path, once it names a non-empty regular file of a supported type (else InputError).
+
+    Checked with ``stat``, before any open: a FIFO, socket or device is refused (opening a FIFO blocks).
+    """
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"input file not found: {p}")
     if p.is_dir():
         raise InputError(f"expected a file, got a directory: {p}")
+    regular_file(p, "input file")
     suffix = p.suffix.lower()
     if suffix not in CSV_SUFFIXES | PARQUET_SUFFIXES | NPZ_SUFFIXES:
         raise InputError(f"unsupported file type {suffix or '(none)'!r} for {p}: expected one of {SUPPORTED}")

@@ -59,7 +59,6 @@ def build_report(
     out = pd.DataFrame({"row": np.arange(len(df), dtype=np.int64)})
     for c in id_columns:
         out[c] = df[c].to_numpy(dtype=object)
-        out[c] = out[c].map(neutralise_cell)
     out["score"] = np.asarray(scores, dtype=np.float64)
     out["threshold"] = float(threshold)
     flags = (out["score"] > threshold) if is_anomaly is None else np.asarray(is_anomaly)
@@ -146,7 +145,8 @@ def write_text_atomic(text: str, path: str | Path) -> Path:
 def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write ``frame`` as CSV to ``path`` atomically; the bytes depend only on the frame.
 
-    Lines end with ``\n``; floats as ``%.9g``; missing values empty. A text cell is quoted when it
+    Lines end with ``\n``; floats as ``%.9g``; missing values empty. Every text cell and column name that a
+    spreadsheet would run as a formula gets a leading ``'`` (:func:`neutralise_cell`). A text cell is quoted when it
     holds ``,``, ``"``, ``\n`` or ``\r`` (Python's csv module, with ``\n`` line ends, would leave a
     lone ``\r`` unquoted and a reader would split the row there).
     """
@@ -158,8 +158,8 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
 
 
 def csv_header(columns: Sequence[object]) -> str:
-    """The header line of :func:`write_csv_atomic` for these column names."""
-    return ",".join(_quote(str(c)) for c in columns) + "\n"
+    """The header line of :func:`write_csv_atomic` for these column names (neutralised as text cells are)."""
+    return ",".join(_quote(str(neutralise_cell(str(c)))) for c in columns) + "\n"
 
 
 def csv_rows(frame: pd.DataFrame) -> str:
@@ -175,7 +175,7 @@ def csv_rows(frame: pd.DataFrame) -> str:
 
 
 def _format_column(col: pd.Series) -> list[str]:
-    """One column's CSV cells: floats as %.9g, integers as digits, text quoted where needed."""
+    """One column's CSV cells: floats as %.9g, integers as digits, text neutralised and quoted where needed."""
     if pd.api.types.is_float_dtype(col):
         x = col.to_numpy(dtype=np.float64)
         cells = [format(v, ".9g") for v in x.tolist()]  # the same text as "%.9g" % v
@@ -184,7 +184,7 @@ def _format_column(col: pd.Series) -> list[str]:
         return cells
     if pd.api.types.is_integer_dtype(col) or pd.api.types.is_bool_dtype(col):
         return [str(v) for v in col.to_numpy(dtype=np.int64).tolist()]
-    return ["" if _missing(v) else _quote(str(v)) for v in col.to_numpy(dtype=object)]
+    return ["" if _missing(v) else _quote(str(neutralise_cell(str(v)))) for v in col.to_numpy(dtype=object)]
 
 
 def _missing(v: object) -> bool:

@@ -52,7 +52,7 @@ from pipeline.errors import InputError
 from pipeline.health import KSCounter, batch_health
 from pipeline.io import iter_table, sha256_file
 from pipeline.metrics import f1_optimal_threshold, labelled_metrics, labels_from
-from pipeline.report import atomic_writer, csv_header, csv_rows, neutralise_cell, report_path, write_text_atomic
+from pipeline.report import atomic_writer, csv_header, csv_rows, report_path, write_text_atomic
 from pipeline.rules import FlagRule, apply_rule
 from pipeline.schema import most_extreme
 
@@ -132,19 +132,14 @@ def score_file(
     limit_malloc_arenas()
     run = _Run(det, p, rule, label_column, f1_optimal, target.parent)
     chunks = _recut(iter_table(p, det.schema_.id_columns, read_rows or chunk_rows, run.read_position), chunk_rows)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(torch_threads or model_threads())
-    try:
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="vae-anomaly-io") as pool:
-            digest = pool.submit(_sha256, p)  # reads the file once more, beside the scoring
-            try:
-                with atomic_writer(target) as out:
-                    run.write_report(_prefetch(chunks, pool), out, pool, progress)
-            except OSError as e:
-                raise InputError(f"cannot write report {target}: {e.strerror or e}") from e
-            input_sha256 = digest.result()
-    finally:
-        torch.set_num_threads(threads)
+    with scoring_threads(torch_threads), ThreadPoolExecutor(max_workers=3, thread_name_prefix="vae-anomaly-io") as pool:
+        digest = pool.submit(_sha256, p)  # reads the file once more, beside the scoring
+        try:
+            with atomic_writer(target) as out:
+                run.write_report(_prefetch(chunks, pool), out, pool, progress)
+        except OSError as e:
+            raise InputError(f"cannot write report {target}: {e.strerror or e}") from e
+        input_sha256 = digest.result()
     return run.summary(target, input_sha256, model_uri, model_name, model_version, time.perf_counter() - t0)
 
 
@@ -167,6 +162,23 @@ def release_freed_memory() -> None:
     """Hand memory freed by the chunks back to the OS (glibc keeps it otherwise), before the whole-file steps."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@contextlib.contextmanager
+def scoring_threads(threads: int | None = None) -> Iterator[int]:
+    """Run torch on ``threads`` (default :func:`model_threads`) inside the block; restore the previous count after.
+
+    The thread policy of every scoring path: the CLI's :func:`score_file` and the MLflow pyfunc's predict
+    (which MLflow's scoring server runs on a worker thread that otherwise keeps torch's default, all cores).
+    Yields the thread count in use.
+    """
+    previous = torch.get_num_threads()
+    n = threads or model_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(previous)
 
 
 def model_threads() -> int:
@@ -318,12 +330,12 @@ class _Run:
         det = self.det
         part = pd.DataFrame({"row": np.arange(offset, offset + len(chunk), dtype=np.int64)})
         for c in det.schema_.id_columns:
-            part[c] = pd.Series([neutralise_cell(v) for v in chunk[c].to_numpy(dtype=object)], dtype=object)
+            part[c] = pd.Series(chunk[c].to_numpy(dtype=object), dtype=object)
         part["score"] = np.asarray(scores, dtype=np.float64)
         part["p_value"] = p_values(scores, det.calibration_scores_)
         attribution = attribution_columns(det, chunk, explanation)
         for c in ATTRIBUTION:
-            part[c] = pd.Series([neutralise_cell(v) for v in attribution[c].to_numpy(dtype=object)], dtype=object)
+            part[c] = pd.Series(attribution[c].to_numpy(dtype=object), dtype=object)
         return part
 
     def _chunk_flags(self, part: pd.DataFrame) -> tuple[float, np.ndarray, np.ndarray | None]:

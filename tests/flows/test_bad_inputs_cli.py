@@ -1,6 +1,11 @@
 """The bad-input contract as a user meets it: one CLI run over many bad files, one error line per file,
 the documented exit code, no traceback; the train flow's own checks. See docs/bad-inputs.md."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pandas as pd
 
 from flows.config import TrainConfig
@@ -11,6 +16,14 @@ from tests.flows.test_cli import _run
 from tests.pipeline.test_bad_inputs import BAD_SCORING_INPUTS, _bad_file
 
 HEADER_ONLY_REPORT = "row,id,score,threshold,is_anomaly,p_value,top_features,top_observed,top_expected\n"
+
+
+def cli_within(args: list[str], home: Path, tmp: Path, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    """``python ARGS`` as ``tests.flows.test_cli._run`` runs it, killed after ``timeout_s``: a hang fails the test."""
+    env = {**os.environ, "VAE_ANOMALY_HOME": str(home), "PREFECT_HOME": str(tmp / "prefect-cli")}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run([sys.executable, *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout_s)
+
 
 CLI_CASES = [
     "missing-column",
@@ -148,3 +161,21 @@ def test_an_unexpected_error_is_one_line_exit_1_unless_debugging(capsys, monkeyp
         pass
     else:
         raise AssertionError("VAE_ANOMALY_DEBUG=1 re-raises")
+
+
+def test_score_cli_refuses_a_fifo_named_like_a_table_and_scores_the_other_file(
+    registered_model, session_home, tmp_path
+):
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    good = tmp_path / "good.csv"
+    make_table(30, seed=5)[0].to_csv(good, index=False)
+    out = tmp_path / "reports"
+    argv = ["-m", "flows.score", str(fifo), str(good), "--model", "models:/test-model@champion", "--out", str(out)]
+    r = cli_within(argv, session_home, tmp_path)  # before: blocked forever hashing the FIFO
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("python -m flows.score: error:")]
+    message = f"input file {fifo} is not a regular file: it is a FIFO (named pipe)"
+    assert errors == [f"python -m flows.score: error: {message}"]
+    assert sorted(p.name for p in out.glob("*.anomalies.csv")) == ["good.anomalies.csv"]

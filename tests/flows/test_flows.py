@@ -11,6 +11,7 @@ from flows.config import ScoreConfig, TrainConfig
 from flows.score import score
 from flows.tracking import load_model
 from flows.train import train
+from pipeline.errors import ModelError
 from tests.conftest import make_table
 
 
@@ -88,8 +89,8 @@ def test_configs_reject_unknown_fields_and_bad_values():
         TrainConfig(data=Path("x.csv"), epochs=3)
     with pytest.raises(ValueError, match="less than 1"):
         TrainConfig(data=Path("x.csv"), alpha=2)
-    with pytest.raises(ValueError, match="model must be an MLflow URI"):
-        ScoreConfig(inputs=[Path("x.csv")], model="vae-anomaly")
+    with pytest.raises(ModelError, match=r"model URI 'vae-anomaly' is not a registry URI: expected models:/NAME@ALIAS"):
+        ScoreConfig(inputs=[Path("x.csv")], model="vae-anomaly")  # exit 3, as for any URI outside the registry
 
 
 def test_score_flow_rules_labels_health_and_summary_json(registered_model, prefect_harness, test_table, tmp_path):

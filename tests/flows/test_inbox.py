@@ -17,6 +17,8 @@ import pytest
 from pipeline import inbox
 from pipeline.errors import InputError
 from pipeline.manifest import Claim, Fingerprint, Manifest, Skip, owner_alive, this_owner
+from tests.flows.test_bad_inputs_cli import cli_within
+from tests.pipeline.test_bad_inputs import call_within
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -513,3 +515,68 @@ def test_inbox_cli_once_prints_outcomes_and_exits_2_for_a_quarantined_file(
     [line] = [x for x in err.splitlines() if x.startswith("python -m flows.inbox: error:")]
     assert "broken.parquet: quarantined" in line and "not a readable Parquet file" in line
     assert main(argv) == 0 and "no new files" in capsys.readouterr().out
+
+
+def _bad_inbox_entries(inbox_dir: Path) -> Path:
+    """A name with non-UTF-8 bytes, a symlink loop and a FIFO, each named like a table; returns the FIFO."""
+    fd = os.open(os.fsencode(inbox_dir) + b"/bad\xff.csv", os.O_CREAT | os.O_WRONLY)
+    os.write(fd, b"a,b\n1,2\n")
+    os.close(fd)
+    (inbox_dir / "loop.csv").symlink_to("loop.csv")
+    fifo = inbox_dir / "pipe.csv"
+    os.mkfifo(fifo)
+    t = time.time() - 60
+    for name in os.listdir(os.fsencode(inbox_dir)):
+        os.utime(os.path.join(os.fsencode(inbox_dir), name), (t, t), follow_symlinks=False)
+    return fifo
+
+
+def test_a_non_utf8_name_a_symlink_loop_and_a_fifo_are_quarantined_unread_and_the_rest_scored(box):
+    fifo = _bad_inbox_entries(box["inbox"])
+    _put(box["inbox"], "good.csv")
+    calls: list[Path] = []
+    manifest = Manifest(box["outbox"] / "manifest.sqlite3")
+    outcomes: list[inbox.Outcome] = []
+    err = call_within(lambda: outcomes.extend(_run(box, manifest, _fake_scorer(calls))), [fifo])
+    assert err is None, err  # before: a UnicodeEncodeError (SQLite), a RuntimeError (Path.resolve)
+    by_path = {o.path: o for o in outcomes}
+    assert {k: o.status for k, o in by_path.items()} == {
+        "bad\ufffd.csv": "quarantined",
+        "good.csv": "done",
+        "loop.csv": "quarantined",
+        "pipe.csv": "quarantined",
+    }
+    assert calls == [box["inbox"] / "good.csv"]
+    reasons = {
+        "bad\ufffd.csv": "refused: its name b'bad\\xff.csv' is not valid UTF-8: rename it (UTF-8), then put it back",
+        "loop.csv": "refused: a symlink loop: loop.csv -> loop.csv",
+        "pipe.csv": f"refused: inbox file {fifo.resolve()} is not a regular file: it is a FIFO (named pipe): "
+        "the inbox takes regular files only",
+    }
+    for rel, reason in reasons.items():
+        assert by_path[rel].error.startswith(reason + "; moved to ")
+        assert f"reason: {reason}\n" in (box["quarantine"] / f"{rel}.reason.txt").read_text(encoding="utf-8")
+    assert (box["quarantine"] / "bad\ufffd.csv").read_bytes() == b"a,b\n1,2\n"
+    assert (box["quarantine"] / "loop.csv").is_symlink() and (box["quarantine"] / "pipe.csv").is_fifo()
+    assert os.listdir(box["inbox"]) == ["good.csv"]
+    assert {e.path: e.status for e in manifest.entries()} == {k: o.status for k, o in by_path.items()}
+    assert _run(box, manifest, _fake_scorer(calls)) == []  # recorded: nothing new on the next run
+
+
+def test_inbox_cli_quarantines_a_non_utf8_name_a_symlink_loop_and_a_fifo_in_one_line_each(
+    registered_model, session_home, test_table, box, tmp_path
+):
+    _bad_inbox_entries(box["inbox"])
+    test_table[0].head(30).to_csv(box["inbox"] / "ok.csv", index=False)
+    _old(box["inbox"] / "ok.csv")
+    argv = ["--inbox", str(box["inbox"]), "--outbox", str(box["outbox"]), "--min-age", "1", "--max-attempts", "1"]
+    argv += ["--model", "models:/test-model@champion", "--once"]
+    r = cli_within(["-m", "flows.inbox", *argv], session_home, tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stdout + r.stderr, r.stderr
+    assert "3 quarantined, 1 done" in r.stdout
+    errors = [x for x in r.stderr.splitlines() if x.startswith("python -m flows.inbox: error:")]
+    assert len(errors) == 3 and all(": quarantined: refused: " in x for x in errors), r.stderr
+    names = [x.removeprefix("python -m flows.inbox: error: ").split(": quarantined")[0] for x in errors]
+    assert names == ["bad\ufffd.csv", "loop.csv", "pipe.csv"]
+    assert (box["outbox"] / "ok.anomalies.csv").is_file()

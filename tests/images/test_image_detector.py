@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from pipeline.errors import InputError, ModelError
 from pipeline.image_detector import WEIGHTS_FILE, ImageVAEDetector, is_image_model_dir
-from pipeline.image_scoring import score_image_paths, score_images_batch
+from pipeline.image_scoring import score_image_frame, score_images_batch
 from pipeline.images import read_images
 from pipeline.rules import FlagRule
 
@@ -81,12 +81,16 @@ def test_report_contract_and_contact_sheet(image_detector, digit_files, tmp_path
 def test_pyfunc_path_scoring_matches_the_batch_report(image_detector, digit_files, tmp_path):
     s = score_images_batch(image_detector, digit_files.new_batch, tmp_path, top_k=0)
     report = pd.read_csv(s.report)
-    paths = [str(digit_files.new_batch / p) for p in report["path"]] + [str(tmp_path / "missing.png")]
-    pred = score_image_paths(image_detector, pd.DataFrame({"path": paths}))
+    paths = [str(digit_files.new_batch / p) for p in report["path"]] + [str(digit_files.new_batch / "missing.png")]
+    pred = score_image_frame(image_detector, pd.DataFrame({"path": paths}), image_root=digit_files.new_batch)
     assert np.allclose(pred["score"].to_numpy()[:-1], report["score"].to_numpy(), rtol=1e-7)
-    assert np.isnan(pred["score"].iloc[-1]) and pred["error"].iloc[-1].startswith("cannot decode image")
-    with pytest.raises(InputError, match="takes a column 'path'"):
-        score_image_paths(image_detector, pd.DataFrame({"file": paths}))
+    assert np.isnan(pred["score"].iloc[-1]) and pred["error"].iloc[-1].endswith(
+        "is not a readable file under the allowed root"
+    )
+    with pytest.raises(InputError, match="send the images' bytes base64-encoded in an 'image' column"):
+        score_image_frame(image_detector, pd.DataFrame({"path": paths}))  # no root: paths are refused
+    with pytest.raises(InputError, match="takes a column 'image'"):
+        score_image_frame(image_detector, pd.DataFrame({"file": paths}))
 
 
 def test_generative_helpers_shapes(image_detector):

@@ -47,7 +47,7 @@ def test_train_flow_registers_an_image_model(registered_image_model):
 
 
 def test_score_flow_writes_report_and_contact_sheet_and_pyfunc_agrees(
-    registered_image_model, prefect_harness, digit_files, tmp_path
+    registered_image_model, prefect_harness, digit_files, tmp_path, monkeypatch
 ):
     from flows.config import ImageScoreConfig
     from flows.score_images import score_images
@@ -71,6 +71,7 @@ def test_score_flow_writes_report_and_contact_sheet_and_pyfunc_agrees(
     assert "contact_sheets/new_batch.contact_sheet.png" in logged
     pyfunc = mlflow.pyfunc.load_model("models:/test-images@champion")
     ok = report[report["error"].isna()]
+    monkeypatch.setenv("VAE_ANOMALY_IMAGE_ROOT", str(digit_files.new_batch))  # paths are read only under a root
     pred = pyfunc.predict(pd.DataFrame({"path": [str(digit_files.new_batch / p) for p in ok["path"]]}))
     assert np.allclose(pred["score"].to_numpy(), ok["score"].to_numpy(), rtol=1e-7)
 
@@ -124,3 +125,60 @@ def test_explore_commands_write_files_and_log_them(registered_image_model, digit
     assert {a.path for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id, command)} == {
         f"{command}/{f}" for f in expected
     }
+
+
+def test_score_cli_refuses_a_fifo_image_and_an_idx_file_of_0_images_and_scores_the_folder(
+    registered_image_model, session_home, digit_files, tmp_path
+):
+    import gzip
+    import os
+
+    from tests.flows.test_bad_inputs_cli import cli_within
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero-images-idx3-ubyte.gz"
+    with gzip.open(zero, "wb") as f:
+        f.write(b"".join(v.to_bytes(4, "big") for v in (2051, 0, 8, 8)))
+    out = tmp_path / "reports"
+    argv = [str(fifo), str(zero), str(digit_files.new_batch / "0"), "--kind", "image", "--out", str(out)]
+    r = cli_within(  # before: blocked forever opening the FIFO; an IndexError traceback for the IDX file
+        ["-m", "flows.score", *argv, "--model", "models:/test-images@champion"], session_home, tmp_path
+    )
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    prefix = "python -m flows.score: error: "
+    errors = [x.removeprefix(prefix) for x in r.stderr.splitlines() if x.startswith(prefix)]
+    assert sorted(errors) == sorted(
+        [
+            f"image file {fifo} is not a regular file: it is a FIFO (named pipe)",
+            f"{zero} holds 0 images: its header says 0 images of 8x8; give a file with images",
+        ]
+    )
+    assert [p.name for p in out.glob("*.anomalies.csv")] == ["0.anomalies.csv"]
+
+
+def test_explore_refuses_a_fifo_image_and_more_images_than_latent_plots(
+    registered_image_model, digit_files, tmp_path, monkeypatch, capsys
+):
+    import os
+
+    from flows import explore
+    from tests.pipeline.test_bad_inputs import call_within
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    model = ["--model", "models:/test-images@champion", "--out", str(tmp_path / "out")]
+    codes: list[int] = []
+    assert call_within(lambda: codes.append(explore.main(["reconstruct", str(fifo), *model])), [fifo]) is None
+    assert codes == [2]
+    assert capsys.readouterr().err.splitlines() == [
+        f"python -m flows.explore: error: image {fifo} is not a regular file: it is a FIFO (named pipe)"
+    ]
+    monkeypatch.setattr(explore, "LATENT_MAX", 30)
+    folder = digit_files.new_batch / "0"
+    assert explore.main(["latent", str(folder), *model]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"python -m flows.explore: error: latent: {folder} holds 40 images, at most 30 are plotted: "
+        "give a subset (a folder, files or a glob)"
+    ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,8 +12,9 @@ import pytest
 
 from pipeline.errors import InputError
 from pipeline.image_scoring import score_images_batch
-from pipeline.images import decode_image, dominant_format, read_images, read_training_images
+from pipeline.images import decode_image, dominant_format, read_idx, read_images, read_npz, read_training_images
 from tests.images.conftest import write_png
+from tests.pipeline.test_bad_inputs import call_within
 
 RNG = np.random.default_rng(0)
 
@@ -166,3 +169,67 @@ def test_16_bit_png_is_scaled_by_65535(tmp_path):
     Image.fromarray(x).save(p)
     arr, _ = decode_image(p, "L", None)
     assert arr.shape == (1, 8, 8) and np.allclose(arr, 128 / 255.0, atol=1 / 255)
+
+
+def _empty_array_file(case: str, tmp_path) -> tuple[Path, str]:
+    """An IDX or .npz file with 0 images or images of 0 pixels; and the start of its error message."""
+    if case == "idx-0-images":
+        p = tmp_path / "zero-images-idx3-ubyte.gz"
+        _write_idx(p, np.zeros((0, 28, 28)))
+        return p, f"{p} holds 0 images: its header says 0 images of 28x28; give a file with images"
+    if case == "idx-0-pixels":
+        p = tmp_path / "flat-images-idx3-ubyte"
+        p.write_bytes(b"".join(v.to_bytes(4, "big") for v in (2051, 3, 0, 28)))
+        return p, f"{p} holds images of 0x28 pixels (its header): an image needs at least 1x1 pixels"
+    if case == "npz-0-images":
+        p = tmp_path / "none.npz"
+        np.savez(p, images=np.zeros((0, 8, 8), np.uint8))
+        return p, f"{p} holds 0 images: array 'images' has shape (0, 8, 8); give a file with images"
+    p = tmp_path / "thin.npz"
+    np.savez(p, x=np.zeros((3, 8, 0), np.uint8))
+    return p, f"{p}: array 'x' has shape (3, 8, 0): images of 8x0 pixels, an image needs at least 1x1 pixels"
+
+
+@pytest.mark.parametrize("case", ["idx-0-images", "idx-0-pixels", "npz-0-images", "npz-0-pixels"])
+def test_array_files_with_no_images_or_no_pixels_are_one_line_errors(case, tmp_path, image_detector):
+    path, message = _empty_array_file(case, tmp_path)
+    out = tmp_path / "out"
+    for read in (  # reading, training and scoring (before: an empty batch, then an IndexError traceback)
+        lambda: read_images(path),
+        lambda: read_training_images(path),
+        lambda: score_images_batch(image_detector, path, out),
+    ):
+        with pytest.raises(InputError) as e:
+            read()
+        assert str(e.value) == message
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["x.png", "x.jpg", "t-images-idx3-ubyte", "t-images-idx3-ubyte.gz", "x.npz"])
+def test_a_fifo_image_or_array_file_is_refused_before_it_is_opened(name, tmp_path):
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    reads = [lambda: read_images(fifo), lambda: read_images(str(fifo), mode="L", size=(8, 8))]
+    if name.endswith((".png", ".jpg")):
+        reads.append(lambda: read_images([fifo]))  # a list of files and globs
+    elif name.endswith(".npz"):
+        reads.append(lambda: read_npz(fifo))
+    else:
+        reads.append(lambda: read_idx(fifo))
+    for read in reads:
+        err = call_within(read, [fifo])
+        assert isinstance(err, InputError), err
+        assert str(fifo) in str(err) and str(err).endswith("is not a regular file: it is a FIFO (named pipe)")
+
+
+def test_a_glob_keeps_regular_files_and_skips_a_fifo_as_a_folder_walk_does(tmp_path):
+    write_png(tmp_path / "a.png", _img())
+    fifo = tmp_path / "b.png"
+    os.mkfifo(fifo)
+    found: list = []
+    for source in ([str(tmp_path / "*.png")], tmp_path):
+        assert call_within(lambda source=source: found.append(read_images(source)), [fifo]) is None
+        assert found.pop().paths == ["a.png"]
+    os.unlink(tmp_path / "a.png")
+    err = call_within(lambda: read_images([str(tmp_path / "*.png")]), [fifo])
+    assert isinstance(err, InputError) and "matches no .png/.jpg/.jpeg/.bmp image" in str(err)

@@ -1,7 +1,11 @@
 """Every way a user can get input wrong, on pure pipeline code (no Prefect): one clear error or a documented
 handling, never a traceback, a hang or a lost row. docs/bad-inputs.md lists them with these tests."""
 
+import contextlib
 import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +14,7 @@ import pytest
 
 from pipeline.detector import VAEAnomalyDetector
 from pipeline.errors import InputError, SchemaError
-from pipeline.io import read_table
+from pipeline.io import iter_table, read_table, sha256_file
 from pipeline.scoring import ensure_out_dir, score_file
 from tests.conftest import make_table
 from vae.config import TrainConfig
@@ -254,3 +258,48 @@ def test_training_with_a_constant_column_scores_finite():
     det = _fit(df.assign(a=7.0, color="red"))
     assert np.isfinite(det.calibration_scores_).all() and np.isfinite(det.threshold_)
     assert np.isfinite(det.score_samples(df.head(5))).all()  # values off the constant stand out, finitely
+
+
+def call_within(fn: Callable[[], object], fifos: Sequence[Path] = (), timeout_s: float = 10.0) -> BaseException | None:
+    """Run ``fn`` in a thread and return its exception (None when it returned).
+
+    Fails the test when ``fn`` is still running after ``timeout_s`` (a read blocked on a FIFO), after
+    unblocking it: opening each of ``fifos`` for writing, then closing it, gives a blocked reader EOF.
+    """
+    result: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            fn()
+            result.append(None)
+        except BaseException as e:  # handed to the test
+            result.append(e)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        for f in fifos:
+            with contextlib.suppress(OSError):
+                os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+        pytest.fail(f"still running after {timeout_s} s: a FIFO was opened")
+    return result[0]
+
+
+@pytest.mark.parametrize("name", ["x.csv", "x.tsv", "x.parquet"])
+def test_a_fifo_table_is_refused_before_it_is_opened(name, fitted_detector, tmp_path):
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    reads = {
+        "score_file": lambda: score_file(fitted_detector, fifo, out),  # hashes the file beside the scoring
+        "sha256_file": lambda: sha256_file(fifo),
+        "read_table": lambda: read_table(fifo),
+        "iter_table": lambda: next(iter_table(fifo)),
+    }
+    for what, read in reads.items():
+        err = call_within(read, [fifo])
+        assert isinstance(err, InputError), (what, err)
+        assert str(err) == f"input file {fifo} is not a regular file: it is a FIFO (named pipe)", what
+    assert list(out.glob("*")) == []

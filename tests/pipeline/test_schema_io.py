@@ -97,3 +97,23 @@ def test_read_csv_keeps_id_text_and_parquet_and_npz(tmp_path):
     np.savez(tmp_path / "d.npz", X=np.ones((3, 2), np.float32), y=np.array([0, 1, 0], np.int8))
     d = read_table(tmp_path / "d.npz")
     assert list(d.columns) == ["x0", "x1", "label"] and d["label"].tolist() == [0, 1, 0]
+
+
+def test_a_nul_byte_is_text_so_a_numeric_cell_holding_one_is_named(tmp_path):
+    df, _ = make_table(5)
+    s = infer_schema(df, id_columns=["id"])
+    p = tmp_path / "nul.csv"
+    text = df.to_csv(index=False).splitlines()
+    cells = text[3].split(",")
+    cells[1] = "1\x002"  # column 'a' of data row 2
+    p.write_text("\n".join([*text[:3], ",".join(cells), *text[4:]]) + "\n")
+    with pytest.raises(SchemaError, match=r"column 'a' must be numeric, but row 2 holds '1\\x002'"):
+        s.validate(read_table(p, str_columns=["id"]), source=str(p))
+
+
+def test_a_bare_carriage_return_in_an_unquoted_cell_is_a_line_break(tmp_path):
+    p = tmp_path / "cr.csv"
+    p.write_bytes(b"id,a\nr1\rx,1\nr2,3\n")  # RFC 4180: quote a cell that holds a line break
+    df = read_table(p, str_columns=["id"])
+    assert df["id"].tolist() == ["r1", "x", "r2"]
+    assert df["a"].isna().tolist() == [True, False, False]

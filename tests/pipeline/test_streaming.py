@@ -69,6 +69,8 @@ def _reference(det, src: Path, rule: FlagRule) -> str:
     attribution = attribution_columns(det, df, explanation)
     for c in attribution.columns:
         report[c] = attribution[c].map(neutralise_cell).to_numpy()
+    for c in det.schema_.id_columns:  # the report writer neutralises every text cell
+        report[c] = report[c].map(neutralise_cell)
     return _old_csv(report)
 
 
