@@ -18,7 +18,7 @@ from tests.pipeline.test_bad_inputs import BAD_SCORING_INPUTS, _bad_file
 HEADER_ONLY_REPORT = "row,id,score,threshold,is_anomaly,p_value,top_features,top_observed,top_expected\n"
 
 
-def cli_within(args: list[str], home: Path, tmp: Path, timeout_s: float = 60) -> subprocess.CompletedProcess:
+def cli_within(args: list[str], home: Path, tmp: Path, timeout_s: float = 180) -> subprocess.CompletedProcess:
     """``python ARGS`` as ``tests.flows.test_cli._run`` runs it, killed after ``timeout_s``: a hang fails the test."""
     env = {**os.environ, "VAE_ANOMALY_HOME": str(home), "PREFECT_HOME": str(tmp / "prefect-cli")}
     env.pop("PREFECT_API_URL", None)
