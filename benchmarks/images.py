@@ -83,7 +83,7 @@ def load_dataset(name: str, data_dir: Path, seed: int = 0) -> dict[int, tuple[np
 def make_vae_detector(seed: int, overrides: dict) -> object:
     """The one place where the benchmark builds the image detector (its defaults unless ablated)."""
     from pipeline.image_detector import ImageVAEDetector
-    from vae.conv_train import ImageTrainConfig
+    from vae.config import ImageTrainConfig
 
     epochs = overrides.pop("epochs", None)
     tc = ImageTrainConfig(max_epochs=epochs) if epochs else None

@@ -21,7 +21,7 @@ from flows.outcome import UserError, user_errors
 from pipeline.errors import InputError
 from pipeline.image_detector import ImageVAEDetector
 from pipeline.images import ImageSet, read_training_images
-from vae.conv_train import ImageTrainConfig as TrainerConfig
+from vae.config import ImageTrainConfig as TrainerConfig
 
 
 def select_label(images: ImageSet, label: int | None) -> ImageSet:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import pickle
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,9 @@ from pipeline.density import MAX_REFERENCE_ROWS, DensityTerms, finite_references
 from pipeline.errors import InputError, ModelError
 from pipeline.model_files import CAL_FILE, WEIGHTS_FILE, restore_members, write_model_files
 from pipeline.split import split_rows
-from vae.conv import IMAGE_LIKELIHOODS, IMAGE_SCORE_METHODS, ConvVAE, ConvVAEConfig, reconstruct, score_images
-from vae.conv_train import ImageTrainConfig, fit_images
-from vae.train import TrainHistory
+from vae.config import ImageTrainConfig
+from vae.conv import CONV, IMAGE_LIKELIHOODS, IMAGE_SCORE_METHODS, ConvVAE, ConvVAEConfig, reconstruct, score_images
+from vae.trainer import TrainHistory, fit_members
 
 FORMAT_VERSION = 1
 META_FILE = "image_detector.json"  # its presence marks an image model folder
@@ -154,12 +153,14 @@ class ImageVAEDetector(DensityTerms):
             likelihood=self.likelihood,
         )
         tc = self.train_config or ImageTrainConfig()
-        train_t, val_t = torch.from_numpy(X[split.train]), torch.from_numpy(X[split.val])
-        self.models_, self.histories_ = [], []
-        for i in range(self.n_models):
-            model = ConvVAE(self.config_)
-            self.histories_.append(fit_images(model, train_t, val_t, replace(tc, seed=self.seed + i)))
-            self.models_.append(model.to("cpu").eval())
+        # Every VAE trains on the training images and early-stops on the validation images, from its own seed.
+        pool = torch.from_numpy(np.concatenate([X[split.train], X[split.val]]))
+        n_train = len(split.train)
+        train_rows = [torch.arange(n_train)] * self.n_models
+        val_rows = [torch.arange(n_train, len(pool))] * self.n_models
+        self.models_ = [ConvVAE(self.config_) for _ in range(self.n_models)]
+        seeds = [self.seed + i for i in range(self.n_models)]
+        self.histories_ = fit_members(self.models_, CONV, pool, train_rows, val_rows, tc.plan(n_train), seeds)
         self.history_: TrainHistory = self.histories_[0]
         cal_own = self._fit_latent_density(X[split.train], X[split.val], X[split.cal])
         self.calibration_scores_ = self._score(X[split.cal], cal_own)

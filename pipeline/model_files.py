@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vae.train import TrainHistory, resolve_device
+from vae.trainer import TrainHistory, resolve_device
 
 WEIGHTS_FILE = "weights.pt"
 CAL_FILE = "calibration_scores.npy"

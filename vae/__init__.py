@@ -1,19 +1,22 @@
-"""Pure PyTorch variational autoencoder for tabular anomaly detection.
+"""Pure PyTorch variational autoencoders (tables and images) and the one trainer of their ensembles.
 
 Only torch and numpy are imported here: this package runs on a bare GPU box.
 """
 
-from vae.config import ModelConfig, TrainConfig
+from vae.config import ImageTrainConfig, ModelConfig, TrainConfig
 from vae.model import TabularBatch, TabularVAE
 from vae.score import score_batches
-from vae.train import TrainHistory, fit
+from vae.trainer import FitPlan, TrainHistory, fit_members, fit_one
 
 __all__ = [
+    "FitPlan",
+    "ImageTrainConfig",
     "ModelConfig",
     "TabularBatch",
     "TabularVAE",
     "TrainConfig",
     "TrainHistory",
-    "fit",
+    "fit_members",
+    "fit_one",
     "score_batches",
 ]

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vae.trainer import ModelKind, fixed_eps
+
 IMAGE_LIKELIHOODS = ("bernoulli", "cbernoulli", "gaussian")
 IMAGE_SCORE_METHODS = ("recon", "elbo", "iwae")
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -35,7 +37,6 @@ _LOG_2PI = math.log(2.0 * math.pi)
 # AUROC of class 0 rose from 0.881 to 0.909 with this start and the faster rate (BENCHMARKS.md, Images).
 INIT_LOG_VAR = -4.0
 VAR_LR_FACTOR = 10.0  # the log-variances learn 10x faster than the network's weights
-EPS_SEED = 20140101  # seed of the fixed scoring draws (as in vae/score.py): part of the score's definition
 
 
 @dataclass(frozen=True)
@@ -214,12 +215,6 @@ def negative_elbo(model: ConvVAE, x: torch.Tensor, eps: torch.Tensor, beta: floa
     return recon + beta * kl
 
 
-def fixed_eps(latent_dim: int, k: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(k, 1, latent_dim) standard-normal draws from a fixed seed, made on the CPU, shared by every image."""
-    gen = torch.Generator().manual_seed(EPS_SEED)
-    return torch.randn((k, 1, latent_dim), generator=gen).to(device)
-
-
 @torch.no_grad()
 def score_images(model: ConvVAE, x: torch.Tensor, method: str = "recon", k: int = 16) -> torch.Tensor:
     """(n,) deterministic anomaly score of each image (higher = more anomalous), in nats.
@@ -267,3 +262,20 @@ def reconstruct(model: ConvVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     perfect = torch.logit(x.float().clamp(1e-4, 1 - 1e-4))
     excess = (pixel_nll(model, x, out) - pixel_nll(model, x, perfect)).clamp(min=0.0)
     return model.mean_image(out), excess.sum(dim=1)
+
+
+def _init_conv(model: nn.Module) -> None:
+    """Fresh weights: PyTorch's default init of every layer, pixel log-variances at ``INIT_LOG_VAR``."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            m.reset_parameters()
+    nn.init.constant_(model.pixel_log_var, INIT_LOG_VAR)  # type: ignore[arg-type]
+
+
+CONV = ModelKind(
+    loss=lambda model, x, eps, beta, free_bits: negative_elbo(model, x, eps, beta=beta),
+    init=_init_conv,
+    latent_dim=lambda model: int(model.config.latent_dim),
+    lr_factors={"pixel_log_var": VAR_LR_FACTOR},
+)
+"""The conv VAE for :func:`vae.trainer.fit_members`: its -ELBO, its initialisation, faster log-variances."""

@@ -28,9 +28,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from vae.model import MISSING, UNSEEN, TabularBatch, TabularVAE
+from vae.trainer import ModelKind
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -168,3 +170,19 @@ def iwae_log_likelihood(
         terms.append(log_px + log_pz - log_qz)
     stacked = torch.stack(terms)
     return torch.logsumexp(stacked, dim=0) - math.log(len(terms))
+
+
+def _init_tabular(model: nn.Module) -> None:
+    """Fresh weights: PyTorch's default init of every linear layer, log-variances 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            m.reset_parameters()
+    nn.init.zeros_(model.num_log_var)  # type: ignore[arg-type]
+
+
+TABULAR = ModelKind(
+    loss=lambda model, rows, eps, beta, free_bits: negative_elbo(model, rows, eps, beta=beta, free_bits=free_bits),
+    init=_init_tabular,
+    latent_dim=lambda model: int(model.config.latent_dim),
+)
+"""The tabular VAE for :func:`vae.trainer.fit_members`: its masked -ELBO and its initialisation."""

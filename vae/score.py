@@ -15,15 +15,9 @@ import torch
 
 from vae.elbo import decoded_feature_nll, feature_nll, iwae_log_likelihood, negative_elbo
 from vae.model import MISSING, TabularBatch, TabularVAE
+from vae.trainer import fixed_eps
 
 SCORE_METHODS = ("elbo", "iwae", "recon")
-EPS_SEED = 20140101  # seed of the fixed draws; part of the score's definition
-
-
-def fixed_eps(latent_dim: int, k: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(k, 1, latent_dim) standard-normal draws from a fixed seed, made on the CPU."""
-    gen = torch.Generator().manual_seed(EPS_SEED)
-    return torch.randn((k, 1, latent_dim), generator=gen).to(device)
 
 
 class MemberPass(NamedTuple):

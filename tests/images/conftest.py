@@ -31,7 +31,7 @@ def image_detector(digit_files):
     """One conv VAE trained on the digit-0 PNGs (CPU, 1 thread, at most 40 epochs)."""
     from pipeline.image_detector import ImageVAEDetector
     from pipeline.images import read_training_images
-    from vae.conv_train import ImageTrainConfig
+    from vae.config import ImageTrainConfig
 
     images = read_training_images(digit_files.train)
     det = ImageVAEDetector(alpha=0.05, train_config=ImageTrainConfig(max_epochs=40, device="cpu"))

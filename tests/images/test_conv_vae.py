@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from vae.config import ImageTrainConfig
 from vae.conv import (
+    CONV,
     ConvVAE,
     ConvVAEConfig,
     _cb_log_norm,
@@ -20,7 +22,7 @@ from vae.conv import (
     reconstruct,
     score_images,
 )
-from vae.conv_train import ImageTrainConfig, fit_images
+from vae.trainer import fit_one
 
 
 def _x(n: int = 6, c: int = 1, h: int = 8, w: int = 8, seed: int = 0) -> torch.Tensor:
@@ -82,8 +84,8 @@ def test_same_seed_trains_the_same_model_and_early_stopping_restores_the_best():
     shape = ConvVAEConfig(1, 8, 8, latent_dim=2, conv_channels=(4, 8), hidden=16)
     x = _x(40)
     m1, m2 = ConvVAE(shape), ConvVAE(shape)
-    h1 = fit_images(m1, x[:32], x[32:], cfg)
-    fit_images(m2, x[:32], x[32:], cfg)
+    h1 = fit_one(m1, CONV, x[:32], x[32:], cfg.plan(32), cfg.seed)
+    fit_one(m2, CONV, x[:32], x[32:], cfg.plan(32), cfg.seed)
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True))
     assert len(h1.train_loss) == len(h1.val_loss) <= 3 and h1.best_val_loss == min(h1.val_loss)
     assert h1.batch_size == 8 and torch.get_num_threads() >= 1

@@ -20,7 +20,7 @@ def test_fashion_mnist_trouser_vs_rest_quality_floor():
     from sklearn.metrics import roc_auc_score
 
     from pipeline.image_detector import ImageVAEDetector
-    from vae.conv_train import ImageTrainConfig
+    from vae.config import ImageTrainConfig
 
     x_train, x_test, y = load_dataset("fashion-mnist", DATA)[1]
     det = ImageVAEDetector(alpha=0.05, train_config=ImageTrainConfig(max_epochs=10, device="cpu"))

@@ -13,8 +13,8 @@ from pipeline.density import robust_scale
 from pipeline.errors import InputError
 from pipeline.image_detector import META_FILE, WEIGHTS_FILE, ImageVAEDetector
 from pipeline.split import split_rows
+from vae.config import ImageTrainConfig
 from vae.conv import ConvVAE, score_images
-from vae.conv_train import ImageTrainConfig
 
 
 def _images(n: int, seed: int) -> np.ndarray:

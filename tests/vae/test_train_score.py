@@ -4,9 +4,15 @@ import pytest
 import torch
 
 from vae.config import ModelConfig, TrainConfig
+from vae.elbo import TABULAR
 from vae.model import TabularBatch, TabularVAE
 from vae.score import score_rows
-from vae.train import fit
+from vae.trainer import TrainHistory, fit_one
+
+
+def fit(model: TabularVAE, train: TabularBatch, val: TabularBatch, cfg: TrainConfig) -> TrainHistory:
+    """One table VAE trained alone by the ensemble trainer."""
+    return fit_one(model, TABULAR, train, val, cfg.plan(len(train)), cfg.seed)
 
 
 def _data(n: int, seed: int) -> TabularBatch:
@@ -106,16 +112,23 @@ def test_automatic_epoch_budget_follows_the_step_budget():
     assert TrainConfig(max_epochs=7, patience=3).resolved_epochs(1000) == (7, 3)
 
 
-def test_trimmed_validation_statistic_ignores_the_worst_rows():
-    from vae.score import fixed_eps
-    from vae.train import evaluate
+def test_trimmed_validation_statistic_ignores_the_worst_rows_and_the_padding():
+    from vae.elbo import negative_elbo
+    from vae.trainer import fixed_eps, trimmed_means
 
     m, _ = _fit(epochs=5)
     data = _data(100, 4)
     far = TabularBatch(torch.cat([data.x_num[:90], data.x_num[90:] + 50.0]), data.mask_num, data.x_cat)
     eps = fixed_eps(m.config.latent_dim, 4)
-    assert evaluate(m, far, eps, trim=0.1) == pytest.approx(evaluate(m, data.rows(slice(0, 90)), eps), rel=1e-5)
-    assert evaluate(m, far, eps) > evaluate(m, far, eps, trim=0.1) + 10
+    with torch.no_grad():
+        far_loss = negative_elbo(m, far, eps).unsqueeze(0)
+        near = negative_elbo(m, data.rows(slice(0, 90)), eps).unsqueeze(0)
+    count = torch.tensor([100])
+    assert float(trimmed_means(far_loss, count, 0.1)) == pytest.approx(float(near.mean()), rel=1e-5)
+    assert float(trimmed_means(far_loss, count, 0.0)) > float(trimmed_means(far_loss, count, 0.1)) + 10
+    padded = torch.cat([near, torch.full((1, 10), 1e9)], dim=1)  # a member's padding is never counted
+    assert float(trimmed_means(padded, torch.tensor([90]), 0.0)) == pytest.approx(float(near.mean()), rel=1e-6)
+    assert torch.isnan(trimmed_means(torch.tensor([[1.0, float("nan")]]), torch.tensor([2]), 0.0)).all()
 
 
 def test_min_epochs_keeps_training_past_an_early_plateau():

@@ -4,9 +4,15 @@ import pytest
 import torch
 
 from vae.config import ModelConfig, TrainConfig
+from vae.elbo import TABULAR
 from vae.model import TabularBatch, TabularVAE
 from vae.score import score_rows
-from vae.train import fit
+from vae.trainer import TrainHistory, fit_one
+
+
+def fit(model: TabularVAE, train: TabularBatch, val: TabularBatch, cfg: TrainConfig) -> TrainHistory:
+    """One table VAE trained alone by the ensemble trainer."""
+    return fit_one(model, TABULAR, train, val, cfg.plan(len(train)), cfg.seed)
 
 
 def _contaminated(n: int, n_bad: int, seed: int) -> tuple[TabularBatch, TabularBatch]:

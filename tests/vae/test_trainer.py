@@ -1,0 +1,80 @@
+"""The one ensemble trainer: members trained together equal members trained alone, each stops on its own
+and keeps its best weights, per-member KL weights, bad arguments."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from vae.config import ModelConfig, TrainConfig
+from vae.elbo import TABULAR, negative_elbo
+from vae.model import TabularBatch, TabularVAE
+from vae.trainer import fit_members, fixed_eps
+
+CONFIG = ModelConfig.for_data(3, (2,))
+
+
+def _pool(n: int = 600) -> TabularBatch:
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(n, 1, generator=g)
+    x = torch.cat([z, 2 * z, -z], 1) + 0.1 * torch.randn(n, 3, generator=g)
+    return TabularBatch(x, torch.ones_like(x), (z > 0).long())
+
+
+def _rows(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Member i's training and validation rows: its own block of 100 rows validates, the rest trains."""
+    val = torch.arange(100 * i, 100 * (i + 1))
+    return torch.cat([torch.arange(0, 100 * i), torch.arange(100 * (i + 1), 600)]), val
+
+
+def _fit(members: list[int], cfg: TrainConfig, betas: list[float] | None = None):
+    models = [TabularVAE(CONFIG) for _ in members]
+    rows = [_rows(i) for i in members]
+    plan = cfg.plan(500)
+    hists = fit_members(
+        models, TABULAR, _pool(), [t for t, _ in rows], [v for _, v in rows], plan, [10 + i for i in members], betas
+    )
+    return models, hists
+
+
+def test_members_trained_together_match_each_trained_alone():
+    cfg = TrainConfig(max_epochs=4, batch_size=64, min_epochs=0, patience=100, device="cpu")
+    together, hists = _fit([0, 1, 2], cfg)
+    for i in range(3):
+        [alone], [h] = _fit([i], cfg)
+        assert h.train_loss == pytest.approx(hists[i].train_loss, rel=1e-4)
+        for a, b in zip(alone.parameters(), together[i].parameters(), strict=True):
+            assert torch.allclose(a, b, atol=1e-4)
+    assert not torch.allclose(together[0].to_mu.weight, together[1].to_mu.weight)  # own seed, own rows
+
+
+def test_each_member_stops_on_its_own_and_ends_with_its_best_weights():
+    cfg = TrainConfig(max_epochs=300, batch_size=64, min_epochs=0, patience=3, lr=3e-2, device="cpu")
+    models, hists = _fit([0, 1, 2, 3], cfg, betas=[1.0, 0.0, 1.0, 0.3])
+    assert all(h.stopped_early and len(h.train_loss) == h.best_epoch + 1 + 3 for h in hists)
+    assert len({len(h.train_loss) for h in hists}) > 1  # they stopped at different epochs
+    eps = fixed_eps(CONFIG.latent_dim, 4)
+    for i, (m, h) in enumerate(zip(models, hists, strict=True)):
+        with torch.no_grad():  # the weights kept are those of the member's best validation loss
+            val_loss = float(negative_elbo(m, _pool().rows(_rows(i)[1]), eps).mean())
+        assert val_loss == pytest.approx(h.best_val_loss, rel=1e-5)
+        assert h.val_loss[h.best_epoch] == min(h.val_loss)
+
+
+def test_each_member_trains_at_its_own_kl_weight():
+    cfg = TrainConfig(max_epochs=4, batch_size=64, min_epochs=0, patience=100, kl_warmup_epochs=0, device="cpu")
+    mixed, hists = _fit([0, 0], cfg, betas=[0.0, 1.0])  # same seed and rows: only the KL weight differs
+    for beta, model, h in zip((0.0, 1.0), mixed, hists, strict=True):
+        [alone], [h_alone] = _fit([0], replace(cfg, beta=beta))
+        assert h.train_loss == pytest.approx(h_alone.train_loss, rel=1e-4)
+        assert torch.allclose(model.to_mu.weight, alone.to_mu.weight, atol=1e-4)
+    assert hists[0].train_loss[-1] < hists[1].train_loss[-1]  # beta = 0 leaves the KL term out of the loss
+
+
+def test_bad_arguments_are_named():
+    plan = TrainConfig(max_epochs=1).plan(10)
+    model, rows = TabularVAE(CONFIG), torch.arange(10)
+    with pytest.raises(ValueError, match="as many models, row sets, seeds and KL weights"):
+        fit_members([model], TABULAR, _pool(), [rows, rows], [rows], plan, [0])
+    with pytest.raises(ValueError, match="training and validation rows for every member, got an empty set"):
+        fit_members([model], TABULAR, _pool(), [rows], [rows[:0]], plan, [0])
