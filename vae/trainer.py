@@ -151,9 +151,9 @@ class _Ensemble:
         self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
         self.wrapper = _MemberLoss(copy.deepcopy(models[0]).to("meta"), kind.loss)
 
-    def losses(self, rows: Any, eps: torch.Tensor, beta: torch.Tensor, free_bits: float) -> torch.Tensor:
-        """(M, n) per-row losses; ``rows``, ``eps`` and the KL weights ``beta`` (M,) lead with the member dimension."""
-        return self._vmapped(rows, (eps, 0), (beta, 0), free_bits)
+    def losses(self, rows: Any, eps: torch.Tensor, beta: float, free_bits: float) -> torch.Tensor:
+        """(M, n) per-row losses; ``rows`` and ``eps`` lead with the member dimension."""
+        return self._vmapped(rows, (eps, 0), (beta, None), free_bits)
 
     def shared_eps_losses(self, rows: Any, eps: torch.Tensor) -> torch.Tensor:
         """(M, n) -ELBO (beta = 1) of every member on its rows with draws ``eps`` shared by all members."""
@@ -235,7 +235,6 @@ def fit_members(
     val_rows: Sequence[torch.Tensor],
     plan: FitPlan,
     seeds: Sequence[int],
-    betas: Sequence[float] | None = None,
 ) -> list[TrainHistory]:
     """Train ``models`` (re-initialised from ``seeds``) in place, member i on rows ``train_rows[i]`` of ``pool``,
     early-stopping on ``val_rows[i]``; each ends with its best validation weights, on the CPU, in eval mode.
@@ -250,7 +249,6 @@ def fit_members(
         train_rows, val_rows: M int64 index tensors into ``pool`` (each non-empty).
         plan: the settings.
         seeds: M seeds (initial weights, shuffling, noise).
-        betas: M KL weights (default: ``plan.beta`` for every member), each warmed up by the plan.
 
     Returns:
         One history per member.
@@ -259,11 +257,10 @@ def fit_members(
         ValueError: mismatched lengths or an empty set of rows.
         FloatingPointError: a member's validation loss became infinite or NaN.
     """
-    betas = [plan.beta] * len(models) if betas is None else list(betas)
-    if not (len(models) == len(train_rows) == len(val_rows) == len(seeds) == len(betas)) or not models:
+    if not (len(models) == len(train_rows) == len(val_rows) == len(seeds)) or not models:
         raise ValueError(
-            f"fit_members needs as many models, row sets, seeds and KL weights (>= 1), got {len(models)}, "
-            f"{len(train_rows)}, {len(val_rows)}, {len(seeds)} and {len(betas)}"
+            f"fit_members needs as many models, row sets and seeds (>= 1), got {len(models)}, "
+            f"{len(train_rows)}, {len(val_rows)} and {len(seeds)}"
         )
     if any(len(t) == 0 for t in train_rows) or any(len(v) == 0 for v in val_rows):
         raise ValueError("fit_members needs training and validation rows for every member, got an empty set")
@@ -272,7 +269,7 @@ def fit_members(
     if device.type == "cpu" and plan.cpu_threads:
         torch.set_num_threads(plan.cpu_threads)
     try:
-        return _fit(models, kind, pool, train_rows, val_rows, plan, seeds, betas, device)
+        return _fit(models, kind, pool, train_rows, val_rows, plan, seeds, device)
     finally:
         torch.set_num_threads(previous)
 
@@ -285,7 +282,6 @@ def _fit(
     val_rows: Sequence[torch.Tensor],
     plan: FitPlan,
     seeds: Sequence[int],
-    betas: Sequence[float],
     device: torch.device,
 ) -> list[TrainHistory]:
     for model, seed in zip(models, seeds, strict=True):  # same init for the same seed, whatever ran before
@@ -310,8 +306,7 @@ def _fit(
     t0, seen = time.perf_counter(), 0
     use_bf16 = plan.bf16_cuda if device.type == "cuda" else plan.bf16_cpu
     for epoch in range(plan.max_epochs):
-        warm_up = min(1.0, (epoch + 1) / plan.kl_warmup_epochs) if plan.kl_warmup_epochs else 1.0
-        beta = torch.tensor(betas, device=device) * warm_up
+        beta = plan.beta * min(1.0, (epoch + 1) / plan.kl_warmup_epochs) if plan.kl_warmup_epochs else plan.beta
         positions = torch.arange(steps * bs, device=device)
         order = torch.stack(
             [

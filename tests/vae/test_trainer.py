@@ -1,7 +1,5 @@
 """The one ensemble trainer: members trained together equal members trained alone, each stops on its own
-and keeps its best weights, per-member KL weights, bad arguments."""
-
-from dataclasses import replace
+and keeps its best weights, bad arguments."""
 
 import pytest
 import torch
@@ -27,12 +25,12 @@ def _rows(i: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([torch.arange(0, 100 * i), torch.arange(100 * (i + 1), 600)]), val
 
 
-def _fit(members: list[int], cfg: TrainConfig, betas: list[float] | None = None):
+def _fit(members: list[int], cfg: TrainConfig):
     models = [TabularVAE(CONFIG) for _ in members]
     rows = [_rows(i) for i in members]
     plan = cfg.plan(500)
     hists = fit_members(
-        models, TABULAR, _pool(), [t for t, _ in rows], [v for _, v in rows], plan, [10 + i for i in members], betas
+        models, TABULAR, _pool(), [t for t, _ in rows], [v for _, v in rows], plan, [10 + i for i in members]
     )
     return models, hists
 
@@ -50,7 +48,7 @@ def test_members_trained_together_match_each_trained_alone():
 
 def test_each_member_stops_on_its_own_and_ends_with_its_best_weights():
     cfg = TrainConfig(max_epochs=300, batch_size=64, min_epochs=0, patience=3, lr=3e-2, device="cpu")
-    models, hists = _fit([0, 1, 2, 3], cfg, betas=[1.0, 0.0, 1.0, 0.3])
+    models, hists = _fit([0, 1, 2, 3], cfg)
     assert all(h.stopped_early and len(h.train_loss) == h.best_epoch + 1 + 3 for h in hists)
     assert len({len(h.train_loss) for h in hists}) > 1  # they stopped at different epochs
     eps = fixed_eps(CONFIG.latent_dim, 4)
@@ -61,20 +59,10 @@ def test_each_member_stops_on_its_own_and_ends_with_its_best_weights():
         assert h.val_loss[h.best_epoch] == min(h.val_loss)
 
 
-def test_each_member_trains_at_its_own_kl_weight():
-    cfg = TrainConfig(max_epochs=4, batch_size=64, min_epochs=0, patience=100, kl_warmup_epochs=0, device="cpu")
-    mixed, hists = _fit([0, 0], cfg, betas=[0.0, 1.0])  # same seed and rows: only the KL weight differs
-    for beta, model, h in zip((0.0, 1.0), mixed, hists, strict=True):
-        [alone], [h_alone] = _fit([0], replace(cfg, beta=beta))
-        assert h.train_loss == pytest.approx(h_alone.train_loss, rel=1e-4)
-        assert torch.allclose(model.to_mu.weight, alone.to_mu.weight, atol=1e-4)
-    assert hists[0].train_loss[-1] < hists[1].train_loss[-1]  # beta = 0 leaves the KL term out of the loss
-
-
 def test_bad_arguments_are_named():
     plan = TrainConfig(max_epochs=1).plan(10)
     model, rows = TabularVAE(CONFIG), torch.arange(10)
-    with pytest.raises(ValueError, match="as many models, row sets, seeds and KL weights"):
+    with pytest.raises(ValueError, match="as many models, row sets and seeds"):
         fit_members([model], TABULAR, _pool(), [rows, rows], [rows], plan, [0])
     with pytest.raises(ValueError, match="training and validation rows for every member, got an empty set"):
         fit_members([model], TABULAR, _pool(), [rows], [rows[:0]], plan, [0])
