@@ -184,7 +184,7 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
     """Return once ``url`` answers 200; raise if the process exits or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -247,9 +247,9 @@ def register_model(work: Path, args: argparse.Namespace) -> tuple[str, dict[str,
 
     from flows import tracking
     from flows.config import TrainConfig
-    from flows.train import trainer_config
+    from flows.outcome import UserError
+    from flows.train import fit_detector
     from pipeline.demo import make_demo_data
-    from pipeline.detector import VAEAnomalyDetector
 
     files = make_demo_data(work / "data")
     config = TrainConfig(
@@ -261,17 +261,10 @@ def register_model(work: Path, args: argparse.Namespace) -> tuple[str, dict[str,
         max_epochs=args.max_epochs,
     )
     df = pd.read_csv(files.train, dtype={"txn_id": str})
-    det = VAEAnomalyDetector(
-        alpha=config.alpha,
-        id_columns=config.id_columns,
-        label_column=config.label_column,
-        categorical_columns=config.categorical_columns,
-        latent_dim=config.latent_dim,
-        seed=config.seed,
-        train_config=trainer_config(config),
-    )  # as flows.train.fit_detector builds it
     t0 = time.perf_counter()
-    det.fit(df)
+    det = fit_detector.fn(df, config)  # the detector the train flow fits and registers
+    if isinstance(det, UserError):
+        raise RuntimeError(f"training the benchmark's model failed: {det.message}")
     train_s = time.perf_counter() - t0
     uri = tracking.setup(config.experiment)
     params = config.model_dump(mode="json", exclude={"model_name", "alias", "experiment"})

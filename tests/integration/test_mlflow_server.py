@@ -6,14 +6,10 @@ Every process the test starts runs in its own process group and is stopped in ``
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,52 +19,13 @@ import mlflow
 import pandas as pd
 import pytest
 
+from benchmarks.rest import free_port, start, stop, wait_http
 from tests.conftest import make_table
 from tests.flows.test_tracking_errors import harness_env
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 MODEL = "server-model"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    """Start ``cmd`` in a new process group (so that its workers stop with it), output to ``log``."""
-    with log.open("wb") as f:
-        return subprocess.Popen(
-            cmd, cwd=log.parent, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, SIGKILL it after 10 s."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    with contextlib.suppress(ProcessLookupError):  # workers left behind by a leader that exited first
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{url}: the process exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
-            if r.status == 200:
-                return
-        time.sleep(0.3)
-    raise AssertionError(f"{url} not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture
