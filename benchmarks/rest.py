@@ -4,7 +4,7 @@
 
 1. Generates the demo tables (``pipeline.demo.make_demo_data``) in a work folder, trains a detector on the
    training table as ``python -m flows.train`` does (``--alpha``, ``--max-epochs``, id column ``txn_id``) and
-   logs and registers it with ``flows.tracking.log_training_run`` (the pyfunc the product registers) in a
+   registers it with ``flows.train.register_model`` (the pyfunc the product registers) in a
    temporary embedded MLflow store (``VAE_ANOMALY_HOME`` in the work folder).
 2. Starts ``mlflow models serve -m models:/NAME@champion --env-manager local`` on loopback (its own process
    group, stopped at the end) and waits for ``/ping``; one untimed 1,000-row request warms it up.
@@ -245,10 +245,10 @@ def register_model(work: Path, args: argparse.Namespace) -> tuple[str, dict[str,
         os.environ["PREFECT_HOME"] = str(home / ".prefect")
     import pandas as pd
 
-    from flows import tracking
     from flows.config import TrainConfig
     from flows.outcome import UserError
-    from flows.train import fit_detector
+    from flows.settings import tracking_uri
+    from flows.train import fit_detector, register_model
     from pipeline.demo import make_demo_data
 
     files = make_demo_data(work / "data")
@@ -266,10 +266,10 @@ def register_model(work: Path, args: argparse.Namespace) -> tuple[str, dict[str,
     if isinstance(det, UserError):
         raise RuntimeError(f"training the benchmark's model failed: {det.message}")
     train_s = time.perf_counter() - t0
-    uri = tracking.setup(config.experiment)
-    params = config.model_dump(mode="json", exclude={"model_name", "alias", "experiment"})
-    params = {k: ("" if v is None else str(v)) for k, v in params.items()}
-    registered = tracking.log_training_run(det, params, MODEL_NAME, ALIAS, df.head(5), {}, None)
+    registered = register_model.fn(det, config, {}, None)  # as the train flow registers it
+    if isinstance(registered, UserError):
+        raise RuntimeError(f"registering the benchmark's model failed: {registered.message}")
+    uri = tracking_uri()
     return uri, {
         "model_uri": registered.model_uri,
         "model_version": registered.version,

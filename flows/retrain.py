@@ -214,7 +214,7 @@ def retrain(config: RetrainConfig) -> dict[str, Any]:
     if isinstance(det, UserError):
         return _fail(det)
     eval_metrics, anomaly_scores = evaluate_labelled(det, parts.train)
-    reg = register_model(det, parts.train, config, eval_metrics, anomaly_scores)
+    reg = register_model(det, config, eval_metrics, anomaly_scores)
     if isinstance(reg, UserError):
         return _fail(reg)
     challenger_eval = evaluate_model(det, parts.holdout, config, "challenger")

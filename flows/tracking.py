@@ -147,7 +147,6 @@ def log_training_run(
     params: dict[str, Any],
     model_name: str,
     alias: str,
-    sample: pd.DataFrame,
     eval_metrics: dict[str, float],
     anomaly_scores: np.ndarray | None,
 ) -> RegisteredVersion:

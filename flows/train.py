@@ -129,7 +129,6 @@ def evaluate_labelled(det: VAEAnomalyDetector, df: pd.DataFrame) -> tuple[dict[s
 @task(cache_policy=NO_CACHE)
 def register_model(
     det: VAEAnomalyDetector,
-    df: pd.DataFrame,
     config: TrainConfig,
     eval_metrics: dict[str, float],
     anomaly_scores: np.ndarray | None,
@@ -138,9 +137,7 @@ def register_model(
         tracking.setup(config.experiment)
         params = config.model_dump(mode="json", exclude={"model_name", "alias", "experiment"})
         params = {k: ("" if v is None else str(v)) for k, v in params.items()}
-        return tracking.log_training_run(
-            det, params, config.model_name, config.alias, df.head(5), eval_metrics, anomaly_scores
-        )
+        return tracking.log_training_run(det, params, config.model_name, config.alias, eval_metrics, anomaly_scores)
     except user_errors() as e:
         return UserError.of(e)
 
@@ -168,7 +165,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if isinstance(det, UserError):
         return Failed(message=det.message, data=det)  # type: ignore[return-value]
     eval_metrics, anomaly_scores = evaluate_labelled(det, df)
-    reg = register_model(det, df, config, eval_metrics, anomaly_scores)
+    reg = register_model(det, config, eval_metrics, anomaly_scores)
     if isinstance(reg, UserError):
         return Failed(message=reg.message, data=reg)  # type: ignore[return-value]
     h = det.history_

@@ -24,7 +24,16 @@ from pipeline.errors import InputError
 from pipeline.health import batch_health
 from pipeline.image_detector import ImageVAEDetector
 from pipeline.image_plots import contact_sheet
-from pipeline.images import IMAGE_FORMATS, ImageSet, batch_name, decode_image, decode_image_bytes, digest, read_images
+from pipeline.images import (
+    IMAGE_FORMATS,
+    ImageSet,
+    batch_name,
+    decode_error,
+    decode_image,
+    decode_image_bytes,
+    digest,
+    read_images,
+)
 from pipeline.metrics import labelled_metrics
 from pipeline.paths import confined_file
 from pipeline.report import REPORT_SUFFIX, write_csv_atomic, write_text_atomic
@@ -290,7 +299,6 @@ def _decode_error(e: Exception) -> str:
     """One line saying why Pillow could not decode an image (never the file's server path)."""
     from PIL import UnidentifiedImageError
 
-    if isinstance(e, UnidentifiedImageError):
+    if isinstance(e, UnidentifiedImageError):  # Pillow's message would carry the server's file path
         return "cannot decode image: not a PNG, JPEG or BMP image"
-    text = str(e).splitlines()[0][:200] if str(e) else ""
-    return f"cannot decode image: {type(e).__name__}: {text}"
+    return decode_error(e)

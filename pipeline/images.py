@@ -220,6 +220,12 @@ def decode_image(
     return np.ascontiguousarray(arr, dtype=np.float32), notes
 
 
+def decode_error(e: Exception) -> str:
+    """One line saying why Pillow could not decode an image: its error's type and first line."""
+    text = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"cannot decode image: {type(e).__name__}: {text}"
+
+
 def decode_image_bytes(data: bytes, mode: str | None, size: tuple[int, int] | None) -> tuple[np.ndarray, list[str]]:
     """One PNG, JPEG or BMP image from its encoded bytes, converted as :func:`decode_image` converts a file.
 
@@ -408,7 +414,7 @@ def _decode_files(root: Path, files: list[Path], mode: str | None, size: tuple[i
         try:
             arr, notes = decode_image(f, mode, size)
         except Exception as e:  # Pillow raises many types for a bad file: the row carries the reason
-            errors.append(f"cannot decode image: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+            errors.append(decode_error(e))
             continue
         for n in notes:
             counts[n] += 1
