@@ -6,10 +6,9 @@ The encoder maps normal training rows to a narrow region, much narrower than the
 the ELBO's KL term measures against; a row whose code lands where no training row's does is in a
 low-density region even when the decoder reconstructs it well. The k-NN density estimate
 p(c) ~ k / (N V_d r_k(c)^d) (Loftsgaarden & Quesenberry 1965) ranks rows by r_k(c), the distance from
-the row's code to the k-th nearest reference code (Euclidean, exact: a k-d tree up to
-``MAX_TREE_DIM`` dimensions, else brute force). Distances between codes scaled to unit length compare
-the pattern of activations and ignore their size; centred first on the mean reference code, they compare
-how a row's activations differ from the typical row's (:class:`DensityTerms`).
+the row's code to the k-th nearest reference code (Euclidean, exact: FAISS's flat index). Distances
+between codes scaled to unit length compare the pattern of activations and ignore their size; centred first
+on the mean reference code, they compare how a row's activations differ from the typical row's (:class:`DensityTerms`).
 
 The combined score of one VAE is  (-ELBO(x) - m_E) / s_E + sum_j w_j (r_j(x) - m_j) / s_j,  each term
 standardised by its median m and interquartile range s on the validation rows (held out from the
@@ -25,15 +24,10 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 
 MAX_REFERENCE_ROWS = 100_000  # training codes kept per VAE (a seeded subsample beyond this)
-# Up to 32 dimensions a k-d tree (scikit-learn's "auto" rule says 15). Measured on encoder activations in
-# 21 dimensions (20,000 codes, 2 CPUs): the tree scored 5.4x faster than brute force where the codes
-# have few intrinsic dimensions (as encoder codes of real tables do) and 1.7x slower where they have 21.
-MAX_TREE_DIM = 32
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
@@ -82,45 +76,36 @@ def finite_references(n: int, pick: np.ndarray, codes: list[np.ndarray]) -> tupl
 
 
 class LatentKNN:
-    """k-th nearest-neighbour distance to a fixed set of latent codes.
-
-    The search: up to ``MAX_TREE_DIM`` dimensions (and k below half the codes) a k-d tree, SciPy's
-    ``cKDTree`` (1.8-2x faster than scikit-learn's k-d tree at 2-6 dimensions, same distances to the
-    last bit); otherwise scikit-learn's brute-force search.
+    """k-th nearest-neighbour distance to a fixed set of codes: an exact search (FAISS ``IndexFlatL2``, float32
+    squared distances, one thread, so a row's distance does not depend on the machine's core count).
 
     Args:
-        codes: (m, latent_dim) posterior means of the training rows (m >= 1).
+        codes: (m, d) reference codes (m >= 1).
         k: neighbour rank (clipped to m).
     """
 
     def __init__(self, codes: np.ndarray, k: int) -> None:
+        import faiss
+
         if k < 1:
             raise ValueError(f"latent k must be >= 1, got {k!r}")
-        codes = np.asarray(codes, dtype=np.float64)
+        codes = np.ascontiguousarray(codes, dtype=np.float32)
         if codes.ndim != 2 or len(codes) == 0:
-            raise ValueError(f"reference codes must be a non-empty (m, latent_dim) array, got shape {codes.shape}")
+            raise ValueError(f"reference codes must be a non-empty (m, d) array, got shape {codes.shape}")
         self.codes = codes
         self.k = min(int(k), len(codes))
-        self._tree: Any = None
-        self._brute: Any = None
-        if codes.shape[1] <= MAX_TREE_DIM and self.k < len(codes) // 2:
-            from scipy.spatial import cKDTree
-
-            self._tree = cKDTree(codes)
-        else:
-            from sklearn.neighbors import NearestNeighbors
-
-            self._brute = NearestNeighbors(n_neighbors=self.k, algorithm="brute").fit(codes)
+        self._index = faiss.IndexFlatL2(codes.shape[1])
+        self._index.add(codes)
 
     def distance(self, z: np.ndarray, rank: int | None = None) -> np.ndarray:
-        """(n,) distance from each row of z: (n, latent_dim) to its k-th nearest reference code (or its
+        """(n,) float64 distance from each row of z: (n, d) to its k-th nearest reference code (or its
         ``rank``-th, clipped to the number of codes: rows that are references themselves pass k + 1).
 
         A row whose code is not finite (the encoder overflowed on a value far outside the training
         data) gets an infinite distance, so its score is not finite and scoring names the row.
         """
         rank = self.k if rank is None else min(int(rank), len(self.codes))
-        z = np.asarray(z, dtype=np.float64)
+        z = np.asarray(z)
         ok = np.isfinite(z).all(axis=1)
         if ok.all():  # the usual case: no copy of the rows
             return self._search(z, rank)
@@ -130,11 +115,13 @@ class LatentKNN:
         return out
 
     def _search(self, z: np.ndarray, rank: int) -> np.ndarray:
+        import faiss
+
         if len(z) == 0:
             return np.zeros(0)
-        if self._tree is not None:
-            return self._tree.query(z, k=[rank])[0][:, -1]
-        return self._brute.kneighbors(z, n_neighbors=rank, return_distance=True)[0][:, -1]
+        faiss.omp_set_num_threads(1)
+        squared, _ = self._index.search(np.ascontiguousarray(z, dtype=np.float32), rank)
+        return np.sqrt(np.maximum(squared[:, rank - 1], 0.0)).astype(np.float64)
 
 
 def unit_rows(codes: np.ndarray) -> np.ndarray:
