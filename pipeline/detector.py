@@ -7,31 +7,20 @@ from training.
 
 from __future__ import annotations
 
-import json
 import logging
-import pickle
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.calibrate import check_alpha, conformal_threshold, min_calibration_rows
-from pipeline.density import (
-    MAX_REFERENCE_ROWS,
-    DensityTerms,
-    finite_references,
-    reference_rows,
-    robust_scale,
-    search_pool,
-)
-from pipeline.errors import InputError, ModelError
+from pipeline.density import MAX_REFERENCE_ROWS, search_pool
+from pipeline.ensemble import EnsembleDetector
+from pipeline.errors import InputError
 from pipeline.metrics import labels_from
-from pipeline.model_files import CAL_FILE, WEIGHTS_FILE, restore_members, write_model_files
 from pipeline.preprocess import Preprocessor
 from pipeline.schema import Schema, infer_schema
 from pipeline.split import member_folds, split_rows
@@ -52,10 +41,8 @@ from vae.trainer import TrainHistory, fit_members
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 META_FILE = "detector.json"
 SCORE_CHUNK = 32768
-DENSITY_SPACES = ("hidden", "latent")
 # Training codes kept per VAE in the hidden space (a seeded sample beyond this): at most 20 MB of
 # float32 per VAE, and it bounds the cost of the brute-force search in 16-256 dimensions.
 MAX_HIDDEN_REFERENCE_ROWS = 20_000
@@ -65,6 +52,9 @@ MAX_HIDDEN_REFERENCE_ROWS = 20_000
 # choice of KL weight it leads to is the same at 0.03, and at 0.1 it changes on one fit of 30.
 ACTIVE_UNIT_VARIANCE = 0.01
 DEFAULT_KL_WEIGHTS = (1.0, 0.2)
+# Epochs after the KL warm-up at which a fit at a weight that is not the last is checked for a collapsed latent
+# dimension (and given up if one has collapsed), instead of only at its end.
+COLLAPSE_CHECK_EPOCHS = 10
 
 
 @dataclass(frozen=True)
@@ -87,7 +77,7 @@ class Explanation:
     likely_codes: list[np.ndarray]
 
 
-class VAEAnomalyDetector(DensityTerms):
+class VAEAnomalyDetector(EnsembleDetector):
     """VAE anomaly detector for tables; higher score = more anomalous.
 
     Args:
@@ -110,8 +100,7 @@ class VAEAnomalyDetector(DensityTerms):
             the mean AUROC of ``benchmarks.tabular`` over 3 VAEs sharing one validation block, and with
             cross-fitting 5 VAEs scored above 3 (BENCHMARKS.md, Sixth round).
         cross_fit: False trains every VAE on the same rows and early-stops and standardises them all on
-            the same validation rows (the default before cross-fitting; models saved before it load
-            with False).
+            the same validation rows.
         latent_k: with k >= 1, each VAE's score adds the density terms of :mod:`pipeline.density`:
             the distance from the row's code to the k-th nearest code of the training, validation and
             calibration rows, each term standardised on the validation rows; 0 = the plain score. 1 by default.
@@ -125,33 +114,27 @@ class VAEAnomalyDetector(DensityTerms):
             groups (:func:`vae.score.conditional_nll`: each group's cells scored with the group hidden from
             the encoder); 0 = the -ELBO alone.
         density_space: what the codes are: ``hidden`` (default), the encoder's last hidden layer, or
-            ``latent``, the posterior mean mu(x). Defaults ``hidden``, k = 1, weights 0 / 1 / 1 and
-            G = 8: in ``benchmarks.tabular`` (11 datasets x 3 seeds) the mean AUROC rose from 0.9551
-            (``latent``, w = 1, training rows as references) to 0.9606 (raw + unit-length terms, training
-            and validation rows as references), 0.9610 (all the normal rows as references), 0.9642
-            with the conditional term and the unit-length + centred terms, 0.9654 with the
-            cross-fitted 5 VAEs and 0.9669 with the KL weight chosen by collapse (``kl_weights``;
-            BENCHMARKS.md, Tabular detection quality). Models saved before
-            ``density_space`` existed load as ``latent`` with ``cosine_weight`` 0, those saved before
-            ``centred_weight`` and ``conditional_groups`` existed with both 0: the scores they were
-            calibrated with.
+            ``latent``, the posterior mean mu(x). The defaults (``hidden``, k = 1, weights 0 / 1 / 1, G = 8)
+            were chosen on ``benchmarks.tabular``: docs/decisions/ and BENCHMARKS.md give the evidence.
         kl_weights: the KL weights (beta) to train the ensemble with, tried in order: the ensemble is
             trained at the first weight at which every VAE keeps all its latent dimensions active (the
             variance of mu(x) over its training rows above ``ACTIVE_UNIT_VARIANCE``; Burda et al. 2016);
             the last weight is kept whatever happens. At each weight the ensemble trains in one batched fit
-            (:func:`vae.trainer.fit_members`); a dataset that collapses at the first weight costs one more
-            batched fit. Default ``(1.0, 0.2)``: the true ELBO unless it collapses a latent
-            dimension, then beta = 0.2 (Higgins et al. 2017), which keeps the dimensions active. On the
-            dev data this rule lifted the mean AUROC of ``benchmarks.tabular`` from 0.9654 (beta = 0.2
-            always) to 0.9669; beta = 1 always scored below both (BENCHMARKS.md, Tenth round). It
-            overrides ``train_config.beta``; None trains at ``train_config.beta`` alone (models saved
-            before this parameter load with None). The weight
-            used is ``kl_weight_``.
+            (:func:`vae.trainer.fit_members`), given up at ``COLLAPSE_CHECK_EPOCHS`` after the KL warm-up
+            when a VAE has already collapsed a dimension. Default ``(1.0, 0.2)``: the true ELBO unless it
+            collapses a latent dimension, then beta = 0.2 (Higgins et al. 2017). It overrides
+            ``train_config.beta``; None trains at ``train_config.beta`` alone. The weight used is
+            ``kl_weight_``.
         min_log_var: floor of the numeric features' learned log-variance (standardised units).
         likelihood: numeric likelihood of the decoder: ``gaussian``, ``student_t`` or ``laplace``.
         scaling: numeric preprocessing, ``standard`` or ``quantile`` (see :class:`Preprocessor`).
         seed: seeds the split and the trainer.
     """
+
+    kind = "table"
+    meta_file = META_FILE
+    density_spaces = ("hidden", "latent")
+    unit = "rows"
 
     def __init__(
         self,
@@ -213,14 +196,7 @@ class VAEAnomalyDetector(DensityTerms):
         Raises:
             InputError: bad parameters or data (names the problem).
         """
-        check_alpha(self.alpha)
-        if self.n_models < 1:
-            raise InputError(f"n_models must be >= 1, got {self.n_models!r}")
-        if self.latent_k < 0 or not self.latent_weight >= 0 or not self.cosine_weight >= 0:
-            raise InputError(
-                f"latent_k, latent_weight and cosine_weight must be >= 0, got {self.latent_k!r}, "
-                f"{self.latent_weight!r} and {self.cosine_weight!r}"
-            )
+        self._check_params()
         if not self.centred_weight >= 0 or not (
             isinstance(self.conditional_groups, int) and self.conditional_groups >= 0
         ):
@@ -234,8 +210,6 @@ class VAEAnomalyDetector(DensityTerms):
             raise InputError(
                 f"kl_weights must be None or a non-empty sequence of finite weights >= 0, got {self.kl_weights!r}"
             )
-        if self.density_space not in DENSITY_SPACES:
-            raise InputError(f"density_space must be one of {DENSITY_SPACES}, got {self.density_space!r}")
         if self.scaling not in ("standard", "quantile"):
             raise InputError(f"scaling must be 'standard' or 'quantile', got {self.scaling!r}")
         if self.score_method not in SCORE_METHODS:
@@ -247,13 +221,7 @@ class VAEAnomalyDetector(DensityTerms):
             normal = labels_from(df[self.label_column].to_numpy(), self.label_column) == 0
         positions = np.flatnonzero(normal)
         split = split_rows(len(positions), self.val_fraction, self.cal_fraction, self.seed)
-        need = min_calibration_rows(self.alpha)
-        if len(split.cal) < need:
-            raise InputError(
-                f"alpha={self.alpha} needs at least {need} calibration rows, got {len(split.cal)} "
-                f"({self.cal_fraction:.0%} of {len(positions)} normal training rows): "
-                f"give at least {int(np.ceil(need / self.cal_fraction))} rows or raise alpha"
-            )
+        self._check_calibration_size(len(split.cal), len(positions))
         # Cross-fitting: each VAE early-stops on its own block of rows and trains on the other
         # non-calibration rows (member_folds); the preprocessor is fitted on all of those rows.
         # Without it every VAE trains on split.train and early-stops on split.val.
@@ -289,7 +257,7 @@ class VAEAnomalyDetector(DensityTerms):
         self.calibration_scores_, cal_nll = self._calibration_pass(cal_b, cal_own)
         # A typical normal row's per-feature NLL: attribution reports each feature's excess over it.
         self.feature_nll_baseline_ = np.median(cal_nll, axis=0)
-        self.threshold_ = conformal_threshold(self.calibration_scores_, self.alpha)
+        self._calibrate(self.calibration_scores_)
         self.n_rows_ = {
             "train": len(split.train),
             "val": len(split.val),
@@ -313,14 +281,28 @@ class VAEAnomalyDetector(DensityTerms):
         plan = tc.plan(min(len(t) for t in train_rows))
         seeds = [tc.seed + i for i in range(len(member_rows))]
         latent = self.model_config_.latent_dim
-        for w, beta in enumerate(weights):
-            models = [TabularVAE(self.model_config_) for _ in member_rows]
-            histories = fit_members(models, TABULAR, fit_b, train_rows, val_rows, replace(plan, beta=beta), seeds)
-            active = [
+
+        def active_units(models: Sequence[TabularVAE]) -> list[int]:
+            return [
                 int((latent_variances(m, fit_b.rows(t)) > ACTIVE_UNIT_VARIANCE).sum())
                 for m, t in zip(models, train_rows, strict=True)
             ]
-            if min(active) == latent or w == len(weights) - 1:
+
+        check_epoch = plan.kl_warmup_epochs + COLLAPSE_CHECK_EPOCHS
+        for w, beta in enumerate(weights):
+            last = w == len(weights) - 1
+            models = [TabularVAE(self.model_config_) for _ in member_rows]
+            # A weight that is not the last is given up as soon as a VAE has collapsed a dimension.
+            check = (
+                None
+                if last or check_epoch >= plan.max_epochs
+                else (check_epoch, lambda ms: min(active_units(ms)) < latent)
+            )
+            histories = fit_members(
+                models, TABULAR, fit_b, train_rows, val_rows, replace(plan, beta=beta), seeds, check
+            )
+            active = active_units(models)
+            if last or (min(active) == latent and not histories[0].stopped_by_check):
                 break
             log.info(
                 "KL weight %g: a VAE keeps %d of %d latent dimensions active; trying %g",
@@ -357,20 +339,16 @@ class VAEAnomalyDetector(DensityTerms):
         cap = MAX_HIDDEN_REFERENCE_ROWS if self.density_space == "hidden" else MAX_REFERENCE_ROWS
         n_fit = len(fit_b)
         pool = TabularBatch(*(torch.cat(parts) for parts in zip(fit_b, cal_b, strict=True)))
-        pick = reference_rows(len(pool), self.seed, cap)
-        ref = pool.rows(torch.from_numpy(pick))
-        own, codes = finite_references(len(pool), pick, [self._density_codes(m, ref) for m in self.models_])
-        self.latent_codes_ = [c.astype(np.float32) for c in codes]
+        own = self._fit_references(
+            len(pool), cap, lambda m, pick: self._density_codes(m, pool.rows(torch.from_numpy(pick)))
+        )
         scale = []
         for i, (m, v) in enumerate(zip(self.models_, member_val, strict=True)):
             val_b = fit_b.rows(v)
             p = score_pass(m, val_b, self.score_method, self.n_draws)
-            row = list(robust_scale(p.score.double().cpu().numpy()))
-            for dist in self._distances(i, self._pass_codes(p), own[:n_fit][v.numpy()]):
-                row += robust_scale(dist)
-            if self.conditional_groups:
-                row += robust_scale(conditional_nll(m, val_b, self.conditional_groups).cpu().numpy())
-            scale.append(row)
+            cond = conditional_nll(m, val_b, self.conditional_groups).cpu().numpy() if self.conditional_groups else None
+            dists = self._distances(i, self._pass_codes(p), own[:n_fit][v.numpy()])
+            scale.append(self._scale_row(p.score.double().cpu().numpy(), dists, cond))
         self.score_scale_ = np.asarray(scale, dtype=np.float64)
         return own[n_fit:]
 
@@ -384,10 +362,6 @@ class VAEAnomalyDetector(DensityTerms):
         return (p.mu if self.density_space == "latent" else p.features).double().cpu().numpy()
 
     # ------------------------------------------------------------- scoring
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "threshold_"):
-            raise ModelError("this VAEAnomalyDetector is not fitted yet: call fit() or load()")
-
     def _batches(self, features: pd.DataFrame):
         for start in range(0, len(features), SCORE_CHUNK):
             yield self.preprocessor_.transform(features.iloc[start : start + SCORE_CHUNK])
@@ -492,18 +466,10 @@ class VAEAnomalyDetector(DensityTerms):
         if not self.latent_k:
             return np.mean(member, axis=0)
         combined = []
-        weights = self.density_weights()
         for i, search in enumerate(searches):
-            scale = self.score_scale_[i]
-            total = (member[i] - scale[0]) / scale[1]
             cond = passes[i].cond
-            if self.conditional_groups and cond is not None:  # its scale follows the density terms'
-                c = 2 + 2 * len(weights)
-                total = 0.5 * (total + (cond.cpu().numpy() - scale[c]) / scale[c + 1])
-            for j, (w, r) in enumerate(zip(weights, search.result(), strict=True)):
-                if w:
-                    total = total + w * (r - scale[2 + 2 * j]) / scale[3 + 2 * j]
-            combined.append(total)
+            cond_np = cond.cpu().numpy() if self.conditional_groups and cond is not None else None
+            combined.append(self._member_total(i, member[i], search.result(), cond_np))
         return np.mean(combined, axis=0)
 
     def score_samples(self, df: pd.DataFrame, source: str = "input") -> np.ndarray:
@@ -514,10 +480,6 @@ class VAEAnomalyDetector(DensityTerms):
         """
         self._check_fitted()
         return self.score_validated(self.schema_.validate(df, source=source, require_ids=False))
-
-    def predict(self, df: pd.DataFrame) -> np.ndarray:
-        """(n,) 0/1 labels: 1 where the score is above the calibrated threshold."""
-        return (self.score_samples(df) > self.threshold_).astype(np.int64)
 
     def batch(self, df: pd.DataFrame) -> TabularBatch:
         """The encoded tensors of ``df`` (for sampling, reconstructions and plots)."""
@@ -552,81 +514,34 @@ class VAEAnomalyDetector(DensityTerms):
             "seed": self.seed,
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write the fitted detector to a folder: JSON metadata, .npy scores, tensor-only weights."""
-        self._check_fitted()
-        d = Path(path)
-        d.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "params": self.params(),
-            "train_config": asdict(self.train_config) if self.train_config else None,
+    def _meta(self) -> dict[str, Any]:
+        return {
             "schema": self.schema_.to_dict(),
             "preprocessor": self.preprocessor_.to_dict(),
             "model_config": self.model_config_.to_dict(),
-            "threshold": self.threshold_,
-            "score_scale": None if self.score_scale_ is None else self.score_scale_.tolist(),
-            "feature_nll_baseline": (
-                None if self.feature_nll_baseline_ is None else [float(v) for v in self.feature_nll_baseline_]
-            ),
-            "n_rows": self.n_rows_,
+            "feature_nll_baseline": [float(v) for v in self.feature_nll_baseline_],
             "kl_weight": self.kl_weight_,
             "active_units": self.active_units_,
-            "histories": [asdict(h) for h in self.histories_],
         }
-        return write_model_files(d, META_FILE, meta, self)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> VAEAnomalyDetector:
-        """Load a detector saved by :meth:`save`; weights load without unpickling code.
-
-        Raises:
-            ModelError: the folder or one of its files is missing or unreadable.
-        """
-        d = Path(path)
-        for f in (META_FILE, CAL_FILE, WEIGHTS_FILE):
-            if not (d / f).is_file():
-                raise ModelError(f"model folder {d} is incomplete: {f} is missing")
-        try:
-            meta = json.loads((d / META_FILE).read_text())
-            if meta.get("format_version") != FORMAT_VERSION:
-                raise ModelError(f"model format {meta.get('format_version')!r} is not {FORMAT_VERSION}")
-            # models saved before the latent term scored without it; before density_space, in the latent space
-            # ... and before the centred and conditional terms, without them
-            p = {
-                "latent_k": 0,
-                "density_space": "latent",
-                "cosine_weight": 0.0,
-                "centred_weight": 0.0,
-                "conditional_groups": 0,
-                "cross_fit": False,
-                "kl_weights": None,  # ... and before the KL weight was chosen by collapse, at train_config.beta
-                **meta["params"],
-            }
-            tc = TrainConfig(**meta["train_config"]) if meta.get("train_config") else None
-            det = cls(
-                **{k: v for k, v in p.items() if k not in ("hidden",)},
-                hidden=tuple(p["hidden"]) if p.get("hidden") else None,
-                train_config=tc,
-            )
-            det.schema_ = Schema.from_dict(meta["schema"])
-            det.preprocessor_ = Preprocessor.from_dict(det.schema_, meta["preprocessor"])
-            det.model_config_ = ModelConfig.from_dict(meta["model_config"])
-            det.kl_weight_ = float(meta.get("kl_weight", (tc or TrainConfig()).beta))
-            det.active_units_ = meta.get("active_units")
-            restore_members(det, d, meta, lambda: TabularVAE(det.model_config_), device)
-            baseline = meta.get("feature_nll_baseline")  # absent in models saved before attribution existed
-            det.feature_nll_baseline_ = None if baseline is None else np.asarray(baseline, dtype=np.float64)
-        except ModelError:
-            raise
-        except pickle.UnpicklingError as e:  # weights_only=True refused a non-tensor object: never run it
-            raise ModelError(
-                f"model weights in {d} refused: the file holds pickled objects other than tensors "
-                "(weights load with torch.load(weights_only=True)); do not use this model"
-            ) from e
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise ModelError(f"cannot load model from {d}: {type(e).__name__}: {e}") from e
+    def _from_meta(cls, meta: dict[str, Any]) -> VAEAnomalyDetector:
+        p = dict(meta["params"])
+        det = cls(
+            **{k: v for k, v in p.items() if k != "hidden"},
+            hidden=tuple(p["hidden"]) if p["hidden"] else None,
+            train_config=TrainConfig(**meta["train_config"]) if meta["train_config"] else None,
+        )
+        det.schema_ = Schema.from_dict(meta["schema"])
+        det.preprocessor_ = Preprocessor.from_dict(det.schema_, meta["preprocessor"])
+        det.model_config_ = ModelConfig.from_dict(meta["model_config"])
+        det.feature_nll_baseline_ = np.asarray(meta["feature_nll_baseline"], dtype=np.float64)
+        det.kl_weight_ = float(meta["kl_weight"])
+        det.active_units_ = meta["active_units"]
         return det
+
+    def _new_model(self) -> TabularVAE:
+        return TabularVAE(self.model_config_)
 
 
 def _member_nll(passes: list[MemberPass]) -> np.ndarray:

@@ -17,33 +17,28 @@ own encoder as the feature extractor).
 
 from __future__ import annotations
 
-import json
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.calibrate import check_alpha, conformal_threshold, min_calibration_rows
-from pipeline.density import MAX_REFERENCE_ROWS, DensityTerms, finite_references, reference_rows, robust_scale
+from pipeline.density import MAX_REFERENCE_ROWS
+from pipeline.ensemble import EnsembleDetector
 from pipeline.errors import InputError, ModelError
-from pipeline.model_files import CAL_FILE, WEIGHTS_FILE, restore_members, write_model_files
 from pipeline.split import split_rows
 from vae.config import ImageTrainConfig
 from vae.conv import CONV, IMAGE_LIKELIHOODS, IMAGE_SCORE_METHODS, ConvVAE, ConvVAEConfig, reconstruct, score_images
 from vae.trainer import TrainHistory, fit_members
 
-FORMAT_VERSION = 1
 META_FILE = "image_detector.json"  # its presence marks an image model folder
 CHUNK = 1024
-DENSITY_SPACES = ("latent", "conv")
 # Reference codes kept per VAE for the conv space: at most this many bytes (float32), a seeded subsample beyond.
 # Fashion-MNIST (1,568 values per image, 6,000 training images): 38 MB, all of them.
 MAX_CONV_CODE_BYTES = 64 * 2**20
 
 
-class ImageVAEDetector(DensityTerms):
+class ImageVAEDetector(EnsembleDetector):
     """Convolutional VAE anomaly detector for images; higher score = more anomalous.
 
     Args:
@@ -65,14 +60,16 @@ class ImageVAEDetector(DensityTerms):
         density_space: ``conv`` (default) or ``latent``. Defaults ``conv``, k = 5, weights 2 and 4, chosen
             by measurement (BENCHMARKS.md, Images): one-vs-rest mean AUROC, reconstruction alone / latent
             space (k = 5, w = 0.5, the previous default) / this default: Fashion-MNIST 0.915 / 0.928 / 0.941,
-            MNIST 0.912 / 0.912 / 0.963 (0.961 with training images only as references). Models saved
-            before ``density_space`` existed load as ``latent``.
+            MNIST 0.912 / 0.912 / 0.963 (0.961 with training images only as references).
         val_fraction, cal_fraction: shares of the training images held out for early stopping / calibration.
         train_config: trainer settings (epochs, batch size, device...); the seed is overridden by ``seed``.
         seed: seeds the split and the trainer.
     """
 
     kind = "image"
+    meta_file = META_FILE
+    density_spaces = ("latent", "conv")
+    unit = "images"
 
     def __init__(
         self,
@@ -118,30 +115,15 @@ class ImageVAEDetector(DensityTerms):
         Raises:
             InputError: bad parameters, or too few images for ``alpha`` (says how many are needed).
         """
-        check_alpha(self.alpha)
+        self._check_params()
         if self.likelihood not in IMAGE_LIKELIHOODS:
             raise InputError(f"likelihood must be one of {IMAGE_LIKELIHOODS}, got {self.likelihood!r}")
         if self.score_method not in IMAGE_SCORE_METHODS:
             raise InputError(f"score_method must be one of {IMAGE_SCORE_METHODS}, got {self.score_method!r}")
-        if self.n_models < 1:
-            raise InputError(f"n_models must be >= 1, got {self.n_models!r}")
-        if self.density_space not in DENSITY_SPACES:
-            raise InputError(f"density_space must be one of {DENSITY_SPACES}, got {self.density_space!r}")
-        if self.latent_k < 0 or not self.latent_weight >= 0 or not self.cosine_weight >= 0:
-            raise InputError(
-                f"latent_k, latent_weight and cosine_weight must be >= 0, got {self.latent_k!r}, "
-                f"{self.latent_weight!r} and {self.cosine_weight!r}"
-            )
         X = _as_images(X)
         n = len(X)
-        need = min_calibration_rows(self.alpha)
-        if round(n * self.cal_fraction) < need:
-            raise InputError(
-                f"alpha={self.alpha} needs at least {need} calibration images, so at least "
-                f"{int(np.ceil(need / self.cal_fraction))} training images "
-                f"({self.cal_fraction:.0%} are held out to calibrate); got {n}"
-            )
         split = split_rows(n, self.val_fraction, self.cal_fraction, self.seed)
+        self._check_calibration_size(len(split.cal), n)
         c, h, w = X.shape[1:]
         self.config_ = ConvVAEConfig(
             channels=c,
@@ -163,10 +145,10 @@ class ImageVAEDetector(DensityTerms):
         self.histories_ = fit_members(self.models_, CONV, pool, train_rows, val_rows, tc.plan(n_train), seeds)
         self.history_: TrainHistory = self.histories_[0]
         cal_own = self._fit_latent_density(X[split.train], X[split.val], X[split.cal])
-        self.calibration_scores_ = self._score(X[split.cal], cal_own)
-        if not np.isfinite(self.calibration_scores_).all():
+        cal_scores = self._score(X[split.cal], cal_own)
+        if not np.isfinite(cal_scores).all():
             raise InputError("some calibration images have non-finite scores: the training diverged; lower lr")
-        self.threshold_ = conformal_threshold(self.calibration_scores_, self.alpha)
+        self._calibrate(cal_scores)
         self.n_rows_ = {"train": len(split.train), "val": len(split.val), "cal": len(split.cal)}
         return self
 
@@ -190,16 +172,11 @@ class ImageVAEDetector(DensityTerms):
             cap = max(MAX_CONV_CODE_BYTES // (4 * self.config_.feature_dim), 1)
         n_train, n_val = len(X_train), len(X_val)
         pool = np.concatenate([X_train, X_val, X_cal])
-        pick = reference_rows(len(pool), self.seed, cap)
-        ref = pool[pick]
-        codes = [self._density_codes(m, ref) for m in self.models_]
-        own, self.latent_codes_ = finite_references(len(pool), pick, codes)
+        own = self._fit_references(len(pool), cap, lambda m, pick: self._density_codes(m, pool[pick]))
         scale = []
         for i, m in enumerate(self.models_):
-            row = list(robust_scale(self._member_scores(m, X_val)))
-            for dist in self._distances(i, self._density_codes(m, X_val), own[n_train : n_train + n_val]):
-                row += robust_scale(dist)
-            scale.append(row)
+            dists = self._distances(i, self._density_codes(m, X_val), own[n_train : n_train + n_val])
+            scale.append(self._scale_row(self._member_scores(m, X_val), dists, None))
         self.score_scale_ = np.asarray(scale, dtype=np.float64)
         return own[n_train + n_val :]
 
@@ -239,10 +216,6 @@ class ImageVAEDetector(DensityTerms):
         return out
 
     # ------------------------------------------------------------- scoring
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "threshold_"):
-            raise ModelError("this ImageVAEDetector is not fitted yet: call fit() or load()")
-
     @property
     def image_mode(self) -> str:
         """ "L" (grey) or "RGB": what images are converted to before scoring."""
@@ -281,11 +254,6 @@ class ImageVAEDetector(DensityTerms):
             [rec + sum(w * t for w, t in zip(weights, terms, strict=True)) for rec, terms in self.score_terms(X, own)],
             axis=0,
         )
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """(n,) 0/1 labels: 1 where the score is above the calibrated threshold."""
-        self._check_fitted()
-        return (self.score_samples(X) > self.threshold_).astype(np.int64)
 
     # ------------------------------------------------- what the tutorials show
     def reconstruct(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -342,53 +310,19 @@ class ImageVAEDetector(DensityTerms):
             "seed": self.seed,
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write the fitted detector to a folder: JSON metadata, .npy scores, tensor-only weights."""
-        self._check_fitted()
-        d = Path(path)
-        d.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "kind": self.kind,
-            "params": self.params(),
-            "train_config": self.train_config.to_dict() if self.train_config else None,
-            "model_config": self.config_.to_dict(),
-            "threshold": self.threshold_,
-            "n_rows": self.n_rows_,
-            "score_scale": None if self.score_scale_ is None else self.score_scale_.tolist(),
-            "histories": [h.__dict__ for h in self.histories_],
-        }
-        return write_model_files(d, META_FILE, meta, self)
+    def _meta(self) -> dict[str, Any]:
+        return {"model_config": self.config_.to_dict()}
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> ImageVAEDetector:
-        """Load a detector saved by :meth:`save`; weights load with ``torch.load(weights_only=True)``.
-
-        Raises:
-            ModelError: the folder or one of its files is missing or unreadable.
-        """
-        d = Path(path)
-        for f in (META_FILE, CAL_FILE, WEIGHTS_FILE):
-            if not (d / f).is_file():
-                raise ModelError(f"image model folder {d} is incomplete: {f} is missing")
-        try:
-            meta = json.loads((d / META_FILE).read_text())
-            if meta.get("format_version") != FORMAT_VERSION:
-                raise ModelError(f"image model format {meta.get('format_version')!r} is not {FORMAT_VERSION}")
-            # models saved before the latent term scored without it; before density_space, in the latent space
-            p = {"latent_k": 0, "density_space": "latent", "cosine_weight": 0.0, **meta["params"]}
-            p["conv_channels"] = tuple(p["conv_channels"])
-            tc = ImageTrainConfig(**meta["train_config"]) if meta.get("train_config") else None
-            det = cls(**p, train_config=tc)
-            det.config_ = ConvVAEConfig.from_dict(meta["model_config"])
-            restore_members(det, d, meta, lambda: ConvVAE(det.config_), device)
-        except ModelError:
-            raise
-        except pickle.UnpicklingError as e:  # weights_only=True refused a non-tensor object: never run it
-            raise ModelError(f"model weights in {d} refused: the file holds pickled objects other than tensors") from e
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise ModelError(f"cannot load image model from {d}: {type(e).__name__}: {e}") from e
+    def _from_meta(cls, meta: dict[str, Any]) -> ImageVAEDetector:
+        p = dict(meta["params"], conv_channels=tuple(meta["params"]["conv_channels"]))
+        tc = ImageTrainConfig(**meta["train_config"]) if meta["train_config"] else None
+        det = cls(**p, train_config=tc)
+        det.config_ = ConvVAEConfig.from_dict(meta["model_config"])
         return det
+
+    def _new_model(self) -> ConvVAE:
+        return ConvVAE(self.config_)
 
 
 @torch.no_grad()

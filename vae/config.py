@@ -190,6 +190,9 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     def resolved_epochs(self, n_train: int) -> tuple[int, int]:
         """(max_epochs, patience) for ``n_train`` training rows."""
         steps_per_epoch = math.ceil(n_train / self.resolved_batch_size(n_train))

@@ -43,6 +43,7 @@ class TrainHistory:
     best_epoch: int = -1
     best_val_loss: float = float("inf")
     stopped_early: bool = False
+    stopped_by_check: bool = False
     seconds: float = 0.0
     device: str = "cpu"
     batch_size: int = 0
@@ -89,6 +90,9 @@ class FitPlan:
 
 
 Loss = Callable[[nn.Module, Any, torch.Tensor, float, float], torch.Tensor]
+EpochCheck = tuple[int, Callable[[Sequence[nn.Module]], bool]]
+"""``(epoch, stop)``: after that many epochs ``stop(models)`` sees every member's current weights (in eval mode);
+True ends the fit there, every history marked ``stopped_by_check``."""
 """``loss(model, rows, eps, beta, free_bits) -> (n,)`` per-row training loss; eps is (k, n or 1, latent_dim)."""
 
 
@@ -235,6 +239,7 @@ def fit_members(
     val_rows: Sequence[torch.Tensor],
     plan: FitPlan,
     seeds: Sequence[int],
+    check: EpochCheck | None = None,
 ) -> list[TrainHistory]:
     """Train ``models`` (re-initialised from ``seeds``) in place, member i on rows ``train_rows[i]`` of ``pool``,
     early-stopping on ``val_rows[i]``; each ends with its best validation weights, on the CPU, in eval mode.
@@ -249,6 +254,8 @@ def fit_members(
         train_rows, val_rows: M int64 index tensors into ``pool`` (each non-empty).
         plan: the settings.
         seeds: M seeds (initial weights, shuffling, noise).
+        check: an optional early verdict on the whole fit (:data:`EpochCheck`), e.g. that a latent dimension
+            collapsed; a stopped fit still ends with each member's best weights so far.
 
     Returns:
         One history per member.
@@ -269,7 +276,7 @@ def fit_members(
     if device.type == "cpu" and plan.cpu_threads:
         torch.set_num_threads(plan.cpu_threads)
     try:
-        return _fit(models, kind, pool, train_rows, val_rows, plan, seeds, device)
+        return _fit(models, kind, pool, train_rows, val_rows, plan, seeds, device, check)
     finally:
         torch.set_num_threads(previous)
 
@@ -283,6 +290,7 @@ def _fit(
     plan: FitPlan,
     seeds: Sequence[int],
     device: torch.device,
+    check: EpochCheck | None = None,
 ) -> list[TrainHistory]:
     for model, seed in zip(models, seeds, strict=True):  # same init for the same seed, whatever ran before
         torch.manual_seed(seed)
@@ -359,6 +367,10 @@ def _fit(
         _snapshot(ens, best, improved)
         if not bool(active.any()):
             break
+        if check is not None and epoch + 1 == check[0] and _check_stops(ens, models, check[1]):
+            for h in hists:
+                h.stopped_by_check = True
+            break
     seconds = time.perf_counter() - t0
     for i, model in enumerate(models):
         model.load_state_dict({k: v[i].clone() for k, v in best.items()})
@@ -369,6 +381,15 @@ def _fit(
         "trained %d members for %d epochs on %s in %.1fs", m, max(len(h.train_loss) for h in hists), device, seconds
     )
     return hists
+
+
+@torch.no_grad()
+def _check_stops(ens: _Ensemble, models: Sequence[nn.Module], stop: Callable[[Sequence[nn.Module]], bool]) -> bool:
+    """Load every member's current weights into ``models`` (eval mode) and ask ``stop``."""
+    for i, model in enumerate(models):
+        model.load_state_dict({k: v[i].detach().clone() for k, v in ens.params.items()})
+        model.eval()
+    return bool(stop(models))
 
 
 @torch.no_grad()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,8 @@ import torch
 from pipeline.calibrate import conformal_threshold
 from pipeline.density import robust_scale
 from pipeline.errors import InputError
-from pipeline.image_detector import META_FILE, WEIGHTS_FILE, ImageVAEDetector
+from pipeline.image_detector import ImageVAEDetector
+from pipeline.model_files import WEIGHTS_FILE
 from pipeline.split import split_rows
 from vae.config import ImageTrainConfig
 from vae.conv import ConvVAE, score_images
@@ -96,27 +95,6 @@ def test_save_load_round_trips_the_latent_state(fitted, tmp_path):
     assert (loaded.latent_k, loaded.latent_weight) == (1, 0.7)
     assert np.array_equal(loaded.score_scale_, det.score_scale_)
     assert np.array_equal(loaded.score_samples(new), det.score_samples(new))
-
-
-def test_models_saved_before_the_latent_term_still_load(tmp_path):
-    X = _images(150, 0)
-    det = ImageVAEDetector(
-        alpha=0.1,
-        latent_dim=3,
-        conv_channels=(4, 8),
-        hidden=16,
-        latent_k=0,
-        train_config=ImageTrainConfig(max_epochs=1, device="cpu"),
-    ).fit(X)
-    d = det.save(tmp_path / "old")
-    meta = json.loads((d / META_FILE).read_text())
-    for key in ("latent_k", "latent_weight", "cosine_weight", "density_space"):
-        del meta["params"][key]
-    del meta["score_scale"]
-    (d / META_FILE).write_text(json.dumps(meta))
-    loaded = ImageVAEDetector.load(d)
-    assert loaded.latent_k == 0
-    assert np.array_equal(loaded.score_samples(X[:20]), det.score_samples(X[:20]))
 
 
 def test_bad_latent_settings_are_refused():

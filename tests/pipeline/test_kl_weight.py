@@ -8,7 +8,6 @@ import pipeline.detector as detector_module
 from pipeline.detector import VAEAnomalyDetector
 from pipeline.errors import InputError
 from tests.conftest import make_table
-from tests.pipeline.test_detector_report import _saved_without
 from vae.config import ModelConfig, TrainConfig
 from vae.model import TabularBatch, TabularVAE
 from vae.score import latent_variances, posterior_means
@@ -36,9 +35,9 @@ def _fit_recording(monkeypatch, threshold: float, **kw) -> tuple[VAEAnomalyDetec
     betas: list[float] = []
     real_fit = detector_module.fit_members
 
-    def recording_fit(models, kind, pool, train, val, plan, seeds):
+    def recording_fit(models, kind, pool, train, val, plan, seeds, check=None):
         betas.extend([plan.beta] * len(models))
-        return real_fit(models, kind, pool, train, val, plan, seeds)
+        return real_fit(models, kind, pool, train, val, plan, seeds, check)
 
     monkeypatch.setattr(detector_module, "fit_members", recording_fit)
     monkeypatch.setattr(detector_module, "ACTIVE_UNIT_VARIANCE", threshold)
@@ -69,15 +68,12 @@ def test_without_kl_weights_the_trainer_beta_is_used(monkeypatch):
     assert betas == [0.5] * 3 and det.kl_weight_ == 0.5
 
 
-def test_the_kl_weight_used_is_saved_and_old_models_load_without_kl_weights(monkeypatch, tmp_path):
+def test_the_kl_weight_used_is_saved(monkeypatch, tmp_path):
     det, _ = _fit_recording(monkeypatch, np.inf)
     loaded = VAEAnomalyDetector.load(det.save(tmp_path / "m"))
     assert loaded.kl_weights == (1.0, 0.2) and loaded.kl_weight_ == 0.2 and loaded.active_units_ == [0, 0, 0]
-    # saved before the rule: trained at its train_config's beta
-    old = _saved_without(det, tmp_path, ("kl_weights",), ("kl_weight", "active_units"))
     df, _ = make_table(50, seed=14)
-    assert old.kl_weights is None and old.kl_weight_ == TrainConfig().beta
-    assert np.array_equal(old.score_samples(df), det.score_samples(df))
+    assert np.array_equal(loaded.score_samples(df), det.score_samples(df))
 
 
 @pytest.mark.parametrize("bad", [(), (-1.0,), (1.0, float("nan")), ("1",)])
@@ -85,3 +81,23 @@ def test_bad_kl_weights_are_refused(bad):
     df, _ = make_table(100, seed=15)
     with pytest.raises(InputError, match=r"kl_weights must be None or a non-empty sequence of finite weights >= 0"):
         VAEAnomalyDetector(alpha=0.1, id_columns=["id"], kl_weights=bad).fit(df)
+
+
+def test_a_collapse_seen_after_the_warm_up_ends_the_first_fit_early(monkeypatch):
+    # checked 10 epochs after the warm-up: the beta = 1 fit stops there and the ensemble is the beta = 0.2 one
+    tc = TrainConfig(max_epochs=14, kl_warmup_epochs=2, min_epochs=0)
+    det, betas = _fit_recording(monkeypatch, np.inf, train_config=tc)
+    assert betas == [1.0] * 3 + [0.2] * 3 and det.kl_weight_ == 0.2
+    assert all(len(h.val_loss) == 14 and not h.stopped_by_check for h in det.histories_)
+    stopped: list[int] = []
+    real_fit = detector_module.fit_members
+
+    def recording_fit(models, kind, pool, train, val, plan, seeds, check=None):
+        hists = real_fit(models, kind, pool, train, val, plan, seeds, check)
+        stopped.append(len(hists[0].val_loss) if hists[0].stopped_by_check else -1)
+        return hists
+
+    monkeypatch.setattr(detector_module, "fit_members", recording_fit)
+    df, _ = make_table(300, seed=12)
+    VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=3, train_config=tc).fit(df)
+    assert stopped == [12, -1]  # the beta = 1 fit ended at epoch 2 + 10; the last weight is never checked

@@ -66,3 +66,23 @@ def test_bad_arguments_are_named():
         fit_members([model], TABULAR, _pool(), [rows, rows], [rows], plan, [0])
     with pytest.raises(ValueError, match="training and validation rows for every member, got an empty set"):
         fit_members([model], TABULAR, _pool(), [rows], [rows[:0]], plan, [0])
+
+
+def test_an_epoch_check_sees_the_current_weights_and_can_end_the_fit():
+    cfg = TrainConfig(max_epochs=20, batch_size=64, min_epochs=0, patience=100, device="cpu")
+    seen: list[torch.Tensor] = []
+
+    def stop(ms):
+        seen.append(ms[0].to_mu.weight.detach().clone())
+        return True
+
+    models = [TabularVAE(CONFIG) for _ in range(2)]
+    rows = [_rows(i) for i in range(2)]
+    args = (models, TABULAR, _pool(), [t for t, _ in rows], [v for _, v in rows], cfg.plan(500), [10, 11])
+    hists = fit_members(*args, check=(5, stop))
+    assert len(seen) == 1 and all(h.stopped_by_check and len(h.val_loss) == 5 for h in hists)
+    # the fit ends with each member's best weights of those 5 epochs; without a verdict it goes on
+    again = [TabularVAE(CONFIG) for _ in range(2)]
+    full = fit_members(again, *args[1:], check=(5, lambda ms: False))
+    assert not any(h.stopped_by_check for h in full) and len(full[0].val_loss) == 20
+    assert full[0].val_loss[:5] == pytest.approx(hists[0].val_loss)

@@ -1,0 +1,220 @@
+"""What the table and image detectors share: parameter checks, the calibration-size rule, the density
+references and the standardisation of the score terms, the conformal threshold, predict, save and load.
+
+A subclass encodes its inputs (a table's preprocessed rows, an image's pixels) and trains its kind of VAE
+through :func:`vae.trainer.fit_members`; it tells this base how to build a model (:meth:`_new_model`), which
+metadata of its own to write (:meth:`_meta`) and how to read it back (:meth:`_from_meta`).
+
+Each member's score is a sum of standardised terms (:meth:`EnsembleDetector._member_total`): its likelihood
+term, optionally averaged with a conditional term, plus the weighted density terms of
+:mod:`pipeline.density`; every term is standardised by its median and spread on that member's validation
+rows, in the order of one row of ``score_scale_``: ``[likelihood m, s, distance_1 m, s, ..., conditional m, s]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from torch import nn
+
+from pipeline.calibrate import check_alpha, conformal_threshold, min_calibration_rows
+from pipeline.density import DensityTerms, finite_references, reference_rows, robust_scale
+from pipeline.errors import InputError, ModelError
+from pipeline.model_files import CAL_FILE, WEIGHTS_FILE, restore_members, write_model_files
+from vae.trainer import TrainHistory
+
+# Version 2: every parameter is written; models of version 1 (never released) are refused.
+FORMAT_VERSION = 2
+
+
+class EnsembleDetector(DensityTerms):
+    """Base of the table and image detectors (see the module docstring); higher score = more anomalous."""
+
+    kind: ClassVar[str]
+    """``table`` or ``image``: written into the saved model and checked on load."""
+    meta_file: ClassVar[str]
+    """The JSON file of a saved model (its name marks the kind of the folder)."""
+    density_spaces: ClassVar[tuple[str, ...]]
+    unit: ClassVar[str]
+    """What the detector's inputs are called in messages: ``rows`` or ``images``."""
+
+    alpha: float
+    n_models: int
+    cal_fraction: float
+    seed: int
+    train_config: Any
+    models_: list[nn.Module]
+    histories_: list[TrainHistory]
+    history_: TrainHistory
+    score_scale_: np.ndarray | None
+    calibration_scores_: np.ndarray
+    threshold_: float
+    n_rows_: dict[str, int]
+
+    # ----------------------------------------------------------------- fit
+    def _check_params(self) -> None:
+        """Refuse bad shared parameters, naming the value.
+
+        Raises:
+            InputError: alpha, n_models, the density parameters or density_space out of range.
+        """
+        check_alpha(self.alpha)
+        if not isinstance(self.n_models, int) or self.n_models < 1:
+            raise InputError(f"n_models must be an integer >= 1, got {self.n_models!r}")
+        if self.latent_k < 0 or not self.latent_weight >= 0 or not self.cosine_weight >= 0:
+            raise InputError(
+                f"latent_k, latent_weight and cosine_weight must be >= 0, got {self.latent_k!r}, "
+                f"{self.latent_weight!r} and {self.cosine_weight!r}"
+            )
+        if self.density_space not in self.density_spaces:
+            raise InputError(f"density_space must be one of {self.density_spaces}, got {self.density_space!r}")
+
+    def _check_calibration_size(self, n_cal: int, n_normal: int) -> None:
+        """The one minimum-size rule: ``alpha`` needs ``min_calibration_rows(alpha)`` calibration inputs.
+
+        Raises:
+            InputError: too few; says how many training inputs are needed.
+        """
+        need = min_calibration_rows(self.alpha)
+        if n_cal < need:
+            raise InputError(
+                f"alpha={self.alpha} needs at least {need} calibration {self.unit}, got {n_cal} "
+                f"({self.cal_fraction:.0%} of {n_normal} normal training {self.unit} are held out to calibrate): "
+                f"give at least {math.ceil(need / self.cal_fraction)} {self.unit} or raise alpha"
+            )
+
+    def _fit_references(
+        self, n_pool: int, cap: int, codes: Callable[[nn.Module, np.ndarray], np.ndarray]
+    ) -> np.ndarray:
+        """Keep each member's reference codes: ``codes(model, pick)`` of at most ``cap`` of the ``n_pool``
+        normal training inputs (a seeded sample beyond the cap; only inputs whose code is finite under every
+        member).
+
+        Returns:
+            (n_pool,) bool: which inputs are references (they are measured leaving themselves out).
+        """
+        self._knn = self._centre = None
+        pick = reference_rows(n_pool, self.seed, cap)
+        own, kept = finite_references(n_pool, pick, [codes(m, pick) for m in self.models_])
+        self.latent_codes_ = [np.asarray(c, dtype=np.float32) for c in kept]
+        return own
+
+    @staticmethod
+    def _scale_row(likelihood: np.ndarray, distances: Sequence[np.ndarray], cond: np.ndarray | None) -> list[float]:
+        """One member's row of ``score_scale_`` from its terms on its validation inputs."""
+        row = list(robust_scale(likelihood))
+        for d in distances:
+            row += robust_scale(d)
+        if cond is not None:
+            row += robust_scale(cond)
+        return row
+
+    def _member_total(
+        self, i: int, likelihood: np.ndarray, distances: Sequence[np.ndarray], cond: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(n,) member i's score from its raw terms: the standardised likelihood term (averaged with the
+        standardised conditional term when there is one) plus the weighted standardised distances."""
+        assert self.score_scale_ is not None
+        scale = self.score_scale_[i]
+        total = (likelihood - scale[0]) / scale[1]
+        if cond is not None:
+            c = 2 + 2 * len(distances)
+            total = 0.5 * (total + (cond - scale[c]) / scale[c + 1])
+        for j, (w, d) in enumerate(zip(self.density_weights(), distances, strict=True)):
+            if w:
+                total = total + w * (d - scale[2 + 2 * j]) / scale[3 + 2 * j]
+        return total
+
+    def _calibrate(self, scores: np.ndarray) -> None:
+        """Set the calibration scores and the split-conformal threshold at ``alpha`` (a non-finite score sorts
+        above every finite one; the table flow names the row that caused it)."""
+        self.calibration_scores_ = np.asarray(scores, dtype=np.float64)
+        self.threshold_ = conformal_threshold(self.calibration_scores_, self.alpha)
+
+    # ------------------------------------------------------------- scoring
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "threshold_"):
+            raise ModelError(f"this {type(self).__name__} is not fitted yet: call fit() or load()")
+
+    def score_samples(self, data: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, data: Any) -> np.ndarray:
+        """(n,) 0/1 labels: 1 where the score is above the calibrated threshold."""
+        self._check_fitted()
+        return (self.score_samples(data) > self.threshold_).astype(np.int64)
+
+    # ---------------------------------------------------------- save / load
+    def params(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _meta(self) -> dict[str, Any]:
+        """The subclass's own metadata (its fitted preprocessing and network configuration)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _from_meta(cls, meta: dict[str, Any]) -> EnsembleDetector:
+        """A detector with the saved parameters and the subclass's own metadata restored (not its members)."""
+        raise NotImplementedError
+
+    def _new_model(self) -> nn.Module:
+        """An untrained member of the saved shape (its weights are loaded into it)."""
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted detector to a folder: JSON metadata, .npy calibration scores, tensor-only weights."""
+        self._check_fitted()
+        d = Path(path)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "params": self.params(),
+            "train_config": self.train_config.to_dict() if self.train_config else None,
+            "threshold": self.threshold_,
+            "n_rows": self.n_rows_,
+            "score_scale": None if self.score_scale_ is None else self.score_scale_.tolist(),
+            "histories": [h.__dict__ for h in self.histories_],
+            **self._meta(),
+        }
+        return write_model_files(d, self.meta_file, meta, self)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> Any:
+        """Load a detector saved by :meth:`save`; weights load with ``torch.load(weights_only=True)``.
+
+        Raises:
+            ModelError: the folder or one of its files is missing or unreadable, or of another format or kind.
+        """
+        d = Path(path)
+        for f in (cls.meta_file, CAL_FILE, WEIGHTS_FILE):
+            if not (d / f).is_file():
+                raise ModelError(f"model folder {d} is incomplete: {f} is missing")
+        try:
+            meta = json.loads((d / cls.meta_file).read_text())
+            version = meta.get("format_version")
+            if version != FORMAT_VERSION:
+                raise ModelError(
+                    f"{cls.kind} model in {d} has format {version!r}; this version reads format {FORMAT_VERSION}: "
+                    "train the model again with this version"
+                )
+            if meta.get("kind") != cls.kind:
+                raise ModelError(f"model in {d} is of kind {meta.get('kind')!r}, expected {cls.kind!r}")
+            det = cls._from_meta(meta)
+            restore_members(det, d, meta, det._new_model, device)
+        except ModelError:
+            raise
+        except pickle.UnpicklingError as e:  # weights_only=True refused a non-tensor object: never run it
+            raise ModelError(
+                f"model weights in {d} refused: the file holds pickled objects other than tensors "
+                "(weights load with torch.load(weights_only=True)); do not use this model"
+            ) from e
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise ModelError(f"cannot load {cls.kind} model from {d}: {type(e).__name__}: {e}") from e
+        return det
