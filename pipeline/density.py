@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 MAX_REFERENCE_ROWS = 100_000  # training codes kept per VAE (a seeded subsample beyond this)
+SEARCH_THREADS = 2
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
@@ -35,16 +36,18 @@ _POOL_LOCK = threading.Lock()
 
 
 def search_pool() -> ThreadPoolExecutor:
-    """One background thread (per process) for latent k-NN searches, which release the GIL: scoring
-    overlaps a VAE's search with the next VAE's forward passes.
+    """Background threads (per process) for the k-NN searches, which release the GIL: scoring overlaps
+    the searches of one VAE with the next VAE's forward passes. ``SEARCH_THREADS`` of them: a VAE's two
+    searches cost about 1.3x its forward passes on the CPU, so one thread left the searches behind.
 
-    A forked child (multiprocessing, Dask workers) gets a pool of its own: the parent's thread does
+    A forked child (multiprocessing, Dask workers) gets a pool of its own: the parent's threads do
     not exist there, and work given to the parent's pool would never run.
     """
     global _POOL
     with _POOL_LOCK:
         if _POOL is None or _POOL[0] != os.getpid():
-            _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="vae-anomaly-knn"))
+            pool = ThreadPoolExecutor(max_workers=SEARCH_THREADS, thread_name_prefix="vae-anomaly-knn")
+            _POOL = (os.getpid(), pool)
         return _POOL[1]
 
 

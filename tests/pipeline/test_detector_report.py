@@ -134,7 +134,7 @@ def test_ensemble_scores_are_the_mean_of_its_members_and_survive_save_load(tmp_p
     ).fit(df)
     assert len(det.models_) == 2 and len(det.histories_) == 2
     batch = det.batch(df.head(20))
-    members = [score_rows(m, batch).double().numpy() for m in det.models_]
+    members = [score_rows(m, batch, k=det.n_draws).double().numpy() for m in det.models_]
     assert not np.allclose(members[0], members[1])  # different seeds, different members
     assert np.allclose(det.score_samples(df.head(20)), np.mean(members, axis=0))
     det.save(tmp_path / "ens")
@@ -164,7 +164,7 @@ def test_latent_term_combines_standardised_elbo_and_knn_distance_and_survives_sa
     expected = []
     for m, codes, (m_e, s_e, m_r, s_r) in zip(det.models_, det.latent_codes_, det.score_scale_, strict=True):
         r = LatentKNN(codes, 3).distance(posterior_means(m, batch))
-        expected.append((score_rows(m, batch).double().numpy() - m_e) / s_e + 0.5 * (r - m_r) / s_r)
+        expected.append((score_rows(m, batch, k=det.n_draws).double().numpy() - m_e) / s_e + 0.5 * (r - m_r) / s_r)
     assert np.allclose(det.score_samples(df.head(20)), np.mean(expected, axis=0))
     # the threshold is set on the combined score of the calibration rows
     assert det.threshold_ == pytest.approx(np.sort(det.calibration_scores_)[int(np.ceil(0.9 * 81)) - 1])
@@ -254,7 +254,7 @@ def test_hidden_density_terms_follow_their_formula_and_survive_save_load(tmp_pat
                 unit(ref64 - centre).astype(np.float32).astype(np.float64),
                 k,
             )
-            e = (score_rows(m, batch).double().numpy() - scale[0]) / scale[1]
+            e = (score_rows(m, batch, k=det.n_draws).double().numpy() - scale[0]) / scale[1]
             c = (_conditional_nll(m, batch, 3) - scale[8]) / scale[9]
             expected.append(
                 0.5 * (e + c)
@@ -311,7 +311,9 @@ def test_cross_fitting_gives_each_vae_its_own_validation_rows_and_can_be_turned_
     for cross_fit, vals in ((True, [v for _, v in folds]), (False, [split.val] * 3)):
         det = VAEAnomalyDetector(cross_fit=cross_fit, **kw).fit(df)
         for m, scale, rows in zip(det.models_, det.score_scale_, vals, strict=True):  # each -ELBO's median
-            assert np.isclose(np.median(score_rows(m, det.batch(df.iloc[rows])).double().numpy()), scale[0])
+            assert np.isclose(
+                np.median(score_rows(m, det.batch(df.iloc[rows]), k=det.n_draws).double().numpy()), scale[0]
+            )
         assert det.n_rows_ == {
             "train": len(split.train),
             "val": len(split.val),
