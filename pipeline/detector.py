@@ -91,9 +91,8 @@ class VAEAnomalyDetector(EnsembleDetector):
         hidden, latent_dim: network size; None sizes it from the data (ModelConfig.for_data).
         train_config: trainer settings (epochs, batch size, seed, device...).
         score_method: ``elbo`` (negative ELBO), ``iwae`` or ``recon``.
-        n_draws: fixed Monte Carlo draws per row for the -ELBO (or IWAE) score. 4: against 16, the scores of
-            the test rows of 10 dev tables x 2 selection seeds kept a rank correlation >= 0.9996 and the same
-            mean AUROC, for a 3x cheaper -ELBO pass (docs/decisions/002-one-detector-base-faiss.md).
+        n_draws: fixed Monte Carlo draws per row for the -ELBO (or IWAE) score (why 4:
+            docs/decisions/002-detector-base-faiss-and-cheaper-passes.md).
         n_models: size of the ensemble: VAEs trained from seeds ``seed, seed+1, ...``, cross-fitted
             (:func:`pipeline.split.member_folds`): each early-stops on its own block of
             ``val_fraction`` of the rows, trains on the other non-calibration rows and has its score
