@@ -174,6 +174,12 @@ class _Ensemble:
             named = {f"model.{k}": v for k, v in p.items()}
             return functional_call(self.wrapper, named, (make(*r) if make else r, e, b, free_bits))
 
+        if len(next(iter(self.params.values()))) == 1:  # one member: the plain call, without vmap's overhead
+            first = {k: v[0] for k, v in self.params.items()}
+            rows_0 = tuple(f[0] for f in fields) if make is not None else fields[0]
+            e0 = eps[0][0] if eps[1] == 0 else eps[0]
+            b0 = beta[0][0] if beta[1] == 0 else beta[0]
+            return one(first, rows_0, e0, b0).unsqueeze(0)
         return vmap(one, in_dims=(0, 0, eps[1], beta[1]))(self.params, fields, eps[0], beta[0])
 
 
