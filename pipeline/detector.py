@@ -306,10 +306,12 @@ class VAEAnomalyDetector(EnsembleDetector):
             if last or (min(active) == latent and not histories[0].stopped_by_check):
                 break
             log.info(
-                "KL weight %g: a VAE keeps %d of %d latent dimensions active; trying %g",
+                "KL weight %g: a VAE keeps %d of %d latent dimensions active after %d epochs%s; trying %g",
                 beta,
                 min(active),
                 latent,
+                max(len(h.val_loss) for h in histories),
+                " (given up at the collapse check)" if histories[0].stopped_by_check else "",
                 weights[w + 1],
             )
         self.kl_weight_, self.active_units_ = float(beta), active
