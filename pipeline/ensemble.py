@@ -115,20 +115,29 @@ class EnsembleDetector(DensityTerms):
             row += robust_scale(cond)
         return row
 
+    def _standardised(
+        self, i: int, likelihood: np.ndarray, distances: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Member i's likelihood term and each distance, standardised by its row of ``score_scale_``."""
+        assert self.score_scale_ is not None
+        scale = self.score_scale_[i]
+        return (likelihood - scale[0]) / scale[1], [
+            (d - scale[2 + 2 * j]) / scale[3 + 2 * j] for j, d in enumerate(distances)
+        ]
+
     def _member_total(
         self, i: int, likelihood: np.ndarray, distances: Sequence[np.ndarray], cond: np.ndarray | None = None
     ) -> np.ndarray:
         """(n,) member i's score from its raw terms: the standardised likelihood term (averaged with the
         standardised conditional term when there is one) plus the weighted standardised distances."""
-        assert self.score_scale_ is not None
-        scale = self.score_scale_[i]
-        total = (likelihood - scale[0]) / scale[1]
+        total, terms = self._standardised(i, likelihood, distances)
         if cond is not None:
+            scale = self.score_scale_[i]  # type: ignore[index]
             c = 2 + 2 * len(distances)
             total = 0.5 * (total + (cond - scale[c]) / scale[c + 1])
-        for j, (w, d) in enumerate(zip(self.density_weights(), distances, strict=True)):
+        for w, t in zip(self.density_weights(), terms, strict=True):
             if w:
-                total = total + w * (d - scale[2 + 2 * j]) / scale[3 + 2 * j]
+                total = total + w * t
         return total
 
     def _calibrate(self, scores: np.ndarray) -> None:

@@ -206,13 +206,9 @@ class ImageVAEDetector(EnsembleDetector):
         X = self._check_shape(X)
         out = []
         for i, m in enumerate(self.models_):
-            scale = self.score_scale_[i]
-            rec = (self._member_scores(m, X) - scale[0]) / scale[1]
-            terms = [
-                (d - scale[2 + 2 * j]) / scale[3 + 2 * j]
-                for j, d in enumerate(self._distances(i, self._density_codes(m, X), own))
-            ]
-            out.append((rec, terms))
+            out.append(
+                self._standardised(i, self._member_scores(m, X), self._distances(i, self._density_codes(m, X), own))
+            )
         return out
 
     # ------------------------------------------------------------- scoring
