@@ -31,6 +31,9 @@ class TrainConfig(BaseModel):
     id_columns: list[str] = Field(default_factory=list, description="columns passed through to reports")
     label_column: str | None = Field(None, description="0/1 column (1 = anomaly) used only for evaluation")
     categorical_columns: list[str] = Field(default_factory=list, description="force these columns categorical")
+    segment_column: str | None = Field(
+        None, min_length=1, description="categorical column whose values each get their own threshold"
+    )
     alpha: float = Field(0.01, gt=0, lt=1, description="target false-positive rate of the threshold")
     max_epochs: int | None = Field(None, ge=1, le=100_000, description="cap on epochs (None: the trainer's budget)")
     trim_fraction: float = Field(0.0, ge=0, lt=0.5, description="share of worst-fitting rows per batch left out")

@@ -144,7 +144,7 @@ class VAEAnomalyModel(mlflow.pyfunc.PythonModel):
             return score_image_frame(det, df, os.environ.get(IMAGE_ROOT_ENV) or None)
         features = det.schema_.validate(df, source="model input", require_ids=False)
         scores = score_features(det, features, "model input")
-        thr = det.threshold_
+        thr = det.thresholds(df)
         return pd.DataFrame({"score": scores, "threshold": thr, "is_anomaly": (scores > thr).astype("int64")})
 
 

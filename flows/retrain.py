@@ -49,6 +49,7 @@ def split_new_data(df: pd.DataFrame, config: RetrainConfig) -> Parts | UserError
             len(train_part),
             config.alpha,
             f"{config.data} (after holding out {config.holdout_fraction:.0%} of its normal rows)",
+            config.segment_column,
         )
         return Parts(train_part, holdout)
     except user_errors() as e:
@@ -276,6 +277,9 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--id-columns", type=csv_list, default=[], help="comma-separated columns carried to reports")
     p.add_argument("--categorical-columns", type=csv_list, default=[], help="force these columns categorical")
+    p.add_argument(
+        "--segment-column", default=None, help="the challenger's per-segment threshold column (as flows.train)"
+    )
     p.add_argument("--alpha", type=float, default=0.01, help="the challenger's target false-positive rate")
     p.add_argument("--max-epochs", type=int, default=None, help="cap on epochs (default: the trainer's budget)")
     p.add_argument("--batch-size", type=int, default=None)

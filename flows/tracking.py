@@ -170,6 +170,7 @@ def log_training_run(
                     "n_draws": det.n_draws,
                     "kl_weight_used": det.kl_weight_,
                     "active_units": str(det.active_units_),
+                    "calibration_rule": det.calibration_rule_,
                 }
             )
             _log_history(client, run.info.run_id, det)
@@ -197,7 +198,18 @@ def log_training_run(
                     "alpha": det.alpha,
                     "threshold": det.threshold_,
                     "n_cal": len(cal),
-                    "rule": "split-conformal: k-th smallest calibration score, k=ceil((n+1)(1-alpha))",
+                    "calibration_rule": det.calibration_rule_,
+                    "rule": det.calibration_description(),
+                    "segments": None
+                    if det.segments_ is None
+                    else {
+                        "column": det.segments_.column,
+                        "calibration_rows": {
+                            v: len(c) for v, c in zip(det.segments_.values, det.segments_.calibration, strict=True)
+                        },
+                        "thresholds": dict(zip(det.segments_.values, det.segments_.thresholds(det.alpha), strict=True)),
+                        "pooled (too few calibration rows)": det.segments_.small,
+                    },
                 },
                 "calibration/calibration.json",
             )

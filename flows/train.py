@@ -5,7 +5,6 @@ python -m flows.train --data data/demo/train.csv --model-name vae-anomaly --id-c
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any
 
@@ -19,7 +18,7 @@ from flows import tracking
 from flows.cli import ArgumentParser, csv_list, flow_failure, print_registered, run
 from flows.config import TrainConfig
 from flows.outcome import UserError, user_errors
-from pipeline.calibrate import check_alpha, min_calibration_rows
+from pipeline.calibrate import check_alpha
 from pipeline.detector import VAEAnomalyDetector
 from pipeline.errors import InputError
 from pipeline.io import read_table
@@ -33,28 +32,26 @@ from vae.config import TrainConfig as TrainerConfig
 def load_training_data(config: TrainConfig) -> pd.DataFrame | UserError:
     try:
         df = read_table(config.data, str_columns=config.id_columns)
-        check_enough_rows(len(df), config.alpha, str(config.data))
+        check_enough_rows(len(df), config.alpha, str(config.data), config.segment_column)
         return df
     except user_errors() as e:
         return UserError.of(e)
 
 
-def check_enough_rows(n: int, alpha: float, source: str, cal_fraction: float | None = None) -> None:
-    """Refuse a table too small for ``alpha`` before training, saying how many rows it needs.
+def check_enough_rows(n: int, alpha: float, source: str, segment_column: str | None = None) -> None:
+    """Refuse a table too small for ``alpha`` before training (the detector's own rule), saying how many rows
+    it needs.
 
     Raises:
-        InputError: fewer rows than the split and the conformal threshold at ``alpha`` need.
+        InputError: fewer rows than the conformal threshold at ``alpha`` needs.
     """
     check_alpha(alpha)
-    cal_fraction = cal_fraction or VAEAnomalyDetector().cal_fraction  # the flow uses the detector's default
-    need_cal = min_calibration_rows(alpha)
-    need = max(MIN_ROWS, math.ceil(need_cal / cal_fraction))
-    if n < need:
-        raise InputError(
-            f"{source}: {n} rows, but alpha={alpha} needs at least {need_cal} calibration rows, "
-            f"so at least {need} rows ({cal_fraction:.0%} are held out to calibrate the threshold): "
-            "give more rows or raise --alpha"
-        )
+    if n < MIN_ROWS:
+        raise InputError(f"{source}: {n} rows, but training needs at least {MIN_ROWS}: give more rows")
+    try:
+        VAEAnomalyDetector(alpha=alpha, segment_column=segment_column).calibration_rule(n)
+    except InputError as e:
+        raise InputError(f"{source}: {e}") from e
 
 
 def trainer_config(config: TrainConfig) -> TrainerConfig:
@@ -75,6 +72,7 @@ def fit_detector(df: pd.DataFrame, config: TrainConfig) -> VAEAnomalyDetector | 
         id_columns=config.id_columns,
         label_column=config.label_column,
         categorical_columns=config.categorical_columns,
+        segment_column=config.segment_column,
         latent_dim=config.latent_dim,
         seed=config.seed,
         train_config=trainer_config(config),
@@ -177,6 +175,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "run_id": reg.run_id,
         "threshold": det.threshold_,
         "alpha": det.alpha,
+        "calibration": det.calibration_description(),
+        **(
+            {
+                "segments": {v: len(c) for v, c in zip(det.segments_.values, det.segments_.calibration, strict=True)},
+                "segments_pooled": det.segments_.small,
+            }
+            if det.segments_ is not None
+            else {}
+        ),
         **det.n_rows_,
         "epochs": len(h.train_loss),
         "best_epoch": h.best_epoch,
@@ -197,6 +204,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--id-columns", type=csv_list, default=[], help="comma-separated columns carried to reports")
     p.add_argument("--label-column", default=None, help="0/1 column (1 = anomaly), used only for evaluation")
     p.add_argument("--categorical-columns", type=csv_list, default=[], help="force these columns categorical")
+    p.add_argument(
+        "--segment-column",
+        default=None,
+        help="categorical column whose values (segments) each get their own threshold (default: one threshold)",
+    )
     p.add_argument("--alpha", type=float, default=0.01, help="target false-positive rate (default: 0.01)")
     p.add_argument("--max-epochs", type=int, default=None, help="cap on epochs (default: the trainer's budget)")
     p.add_argument("--batch-size", type=int, default=None)

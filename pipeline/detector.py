@@ -23,7 +23,8 @@ from pipeline.errors import InputError
 from pipeline.metrics import labels_from
 from pipeline.preprocess import Preprocessor
 from pipeline.schema import Schema, infer_schema
-from pipeline.split import member_folds, split_rows
+from pipeline.segments import Segments, segment_values
+from pipeline.split import Split, cross_folds, member_folds, split_rows
 from vae.config import ModelConfig, TrainConfig
 from vae.elbo import TABULAR
 from vae.model import MISSING, TabularBatch, TabularVAE
@@ -102,6 +103,18 @@ class VAEAnomalyDetector(EnsembleDetector):
             cross-fitting 5 VAEs scored above 3 (BENCHMARKS.md, Sixth round).
         cross_fit: False trains every VAE on the same rows and early-stops and standardises them all on
             the same validation rows.
+        calibration: how the threshold is calibrated (:mod:`pipeline.calibrate`). ``split``: ``cal_fraction``
+            of the normal rows are set aside and never fitted on (split-conformal, exact). ``cross``: the normal
+            rows are cut into ``n_models`` folds (``n_models`` >= 3); VAE k never sees fold k (it early-stops on
+            fold k + 1 and trains on the rest), and a new row is compared with each VAE's scores of the fold it
+            never saw (cross-conformal: no rows are set aside, so tables from 30 normal rows are served).
+            ``auto`` (default): ``split`` when it leaves at least ``SPLIT_MIN_EXCEEDANCES / alpha`` calibration
+            rows, else ``cross``. The rule used is ``calibration_rule_``.
+        segment_column: a column of the table whose values (segments: country, channel, machine) each get their
+            own threshold (:mod:`pipeline.segments`: Mondrian split-conformal, the false-positive rate holds within
+            each segment); a segment with too few calibration rows for alpha, or unseen in training, uses the
+            pooled threshold. The column is still modelled as a feature unless it is an id column. Needs
+            split-conformal calibration (``auto`` then uses it at any size it allows).
         latent_k: with k >= 1, each VAE's score adds the density terms of :mod:`pipeline.density`:
             the distance from the row's code to the k-th nearest code of the training, validation and
             calibration rows, each term standardised on the validation rows; 0 = the plain score. 1 by default.
@@ -153,6 +166,8 @@ class VAEAnomalyDetector(EnsembleDetector):
         n_draws: int = 4,
         n_models: int = 5,
         cross_fit: bool = True,
+        calibration: str = "auto",
+        segment_column: str | None = None,
         latent_k: int = 1,
         latent_weight: float = 0.0,
         cosine_weight: float = 1.0,
@@ -178,6 +193,8 @@ class VAEAnomalyDetector(EnsembleDetector):
         self.n_draws = n_draws
         self.n_models = n_models
         self.cross_fit = cross_fit
+        self.calibration = calibration
+        self.segment_column = segment_column
         self.latent_k = latent_k
         self.latent_weight = latent_weight
         self.cosine_weight = cosine_weight
@@ -215,23 +232,40 @@ class VAEAnomalyDetector(EnsembleDetector):
             raise InputError(f"scaling must be 'standard' or 'quantile', got {self.scaling!r}")
         if self.score_method not in SCORE_METHODS:
             raise InputError(f"score_method must be one of {SCORE_METHODS}, got {self.score_method!r}")
+        self.segments_ = None
+        if self.segment_column is not None and (
+            self.segment_column not in df.columns or self.segment_column == self.label_column
+        ):
+            raise InputError(
+                f"segment column {self.segment_column!r} is not a column of the training data"
+                if self.segment_column not in df.columns
+                else f"segment column {self.segment_column!r} is the label column: choose another column"
+            )
         self.schema_ = infer_schema(df, self.id_columns, self.label_column, self.categorical_columns)
         features = self.schema_.validate(df, source="training data")
         normal = np.ones(len(df), dtype=bool)
         if self.label_column:
             normal = labels_from(df[self.label_column].to_numpy(), self.label_column) == 0
         positions = np.flatnonzero(normal)
-        split = split_rows(len(positions), self.val_fraction, self.cal_fraction, self.seed)
-        self._check_calibration_size(len(split.cal), len(positions))
-        # Cross-fitting: each VAE early-stops on its own block of rows and trains on the other
-        # non-calibration rows (member_folds); the preprocessor is fitted on all of those rows.
-        # Without it every VAE trains on split.train and early-stops on split.val.
-        folds = (
-            member_folds(split, self.n_models, self.seed)
-            if self.cross_fit
-            else [(split.train, split.val)] * self.n_models
-        )
-        fit_rows = np.sort(np.concatenate([split.train, split.val]))
+        rule = self.calibration_rule(len(positions))
+        if rule == "cross":
+            # Every normal row is held out by exactly one VAE (cross_folds): its out-of-fold score calibrates.
+            thirds = cross_folds(len(positions), self.n_models, self.seed)
+            folds = [(t, v) for t, v, _ in thirds]
+            held = [torch.from_numpy(h) for _, _, h in thirds]
+            fit_rows = np.arange(len(positions))
+            split = Split(train=fit_rows, val=np.zeros(0, dtype=np.int64), cal=np.zeros(0, dtype=np.int64))
+        else:
+            split = split_rows(len(positions), self.val_fraction, self.cal_fraction, self.seed)
+            # Cross-fitting: each VAE early-stops on its own block of rows and trains on the other
+            # non-calibration rows (member_folds); the preprocessor is fitted on all of those rows.
+            # Without it every VAE trains on split.train and early-stops on split.val.
+            folds = (
+                member_folds(split, self.n_models, self.seed)
+                if self.cross_fit
+                else [(split.train, split.val)] * self.n_models
+            )
+            fit_rows = np.sort(np.concatenate([split.train, split.val]))
         fit_f = features.iloc[positions[fit_rows]]
         self.preprocessor_ = Preprocessor(self.schema_, scaling=self.scaling).fit(
             fit_f if self.cross_fit else features.iloc[positions[split.train]]
@@ -254,11 +288,20 @@ class VAEAnomalyDetector(EnsembleDetector):
         self.history_: TrainHistory = histories[0]
         self.histories_ = histories
         cal_b = self.preprocessor_.transform(features.iloc[positions[split.cal]])
-        cal_own = self._fit_latent_density(fit_b, [v for _, v in member_rows], cal_b)
-        self.calibration_scores_, cal_nll = self._calibration_pass(cal_b, cal_own)
+        cal_own, held_out = self._fit_latent_density(
+            fit_b, [v for _, v in member_rows], cal_b, held if rule == "cross" else None
+        )
+        if rule == "cross":
+            self._calibrate_cross([scores for scores, _ in held_out])
+            cal_nll = np.concatenate([nll for _, nll in held_out])
+        else:
+            cal_scores, cal_nll = self._calibration_pass(cal_b, cal_own)
+            self._calibrate(cal_scores)
+            if self.segment_column is not None:
+                labels = segment_values(df[self.segment_column].iloc[positions[split.cal]])
+                self.segments_ = Segments.fit(self.segment_column, labels, cal_scores, self.alpha)
         # A typical normal row's per-feature NLL: attribution reports each feature's excess over it.
         self.feature_nll_baseline_ = np.median(cal_nll, axis=0)
-        self._calibrate(self.calibration_scores_)
         self.n_rows_ = {
             "train": len(split.train),
             "val": len(split.val),
@@ -318,8 +361,12 @@ class VAEAnomalyDetector(EnsembleDetector):
         return models, histories
 
     def _fit_latent_density(
-        self, fit_b: TabularBatch, member_val: list[torch.Tensor], cal_b: TabularBatch
-    ) -> np.ndarray:
+        self,
+        fit_b: TabularBatch,
+        member_val: list[torch.Tensor],
+        cal_b: TabularBatch,
+        member_held: list[torch.Tensor] | None = None,
+    ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
         """Reference codes of each VAE and the medians / spreads of every score term on its validation rows.
 
         The references are all the normal rows of the training data: the rows the VAEs were fitted on
@@ -332,13 +379,26 @@ class VAEAnomalyDetector(EnsembleDetector):
         calibration rows to set the threshold.
 
         Returns:
-            (n_cal,) bool: which calibration rows are references (for :meth:`_calibration_pass`).
+            (n_cal,) bool: which calibration rows are references (for :meth:`_calibration_pass`); and with
+            ``member_held`` (positions in ``fit_b`` of each VAE's held-out rows), per VAE, its score of each of
+            its held-out rows and their per-feature NLL (the out-of-fold scores of cross-conformal calibration),
+            else [].
         """
         self.latent_codes_: list[np.ndarray] = []
         self.score_scale_: np.ndarray | None = None
         self._knn = self._centre = None
-        if not self.latent_k:
-            return np.zeros(len(cal_b), dtype=bool)
+        own = np.zeros(len(fit_b) + len(cal_b), dtype=bool)
+        if self.latent_k:
+            own = self._fit_scale(fit_b, member_val, cal_b)
+        out = []
+        for i, h in enumerate(member_held or []):
+            passes, searches = self._passes(fit_b.rows(h), explain=True, own=own[: len(fit_b)][h.numpy()], only=i)
+            out.append((self._member_scores(passes, searches, only=i)[0], _member_nll(passes)))
+        return own[len(fit_b) :], out
+
+    def _fit_scale(self, fit_b: TabularBatch, member_val: list[torch.Tensor], cal_b: TabularBatch) -> np.ndarray:
+        """Set the reference codes and ``score_scale_`` (see :meth:`_fit_latent_density`); returns which rows of
+        ``fit_b`` then ``cal_b`` are references."""
         cap = MAX_HIDDEN_REFERENCE_ROWS if self.density_space == "hidden" else MAX_REFERENCE_ROWS
         n_fit = len(fit_b)
         pool = TabularBatch(*(torch.cat(parts) for parts in zip(fit_b, cal_b, strict=True)))
@@ -353,7 +413,33 @@ class VAEAnomalyDetector(EnsembleDetector):
             dists = self._distances(i, self._pass_codes(p), own[:n_fit][v.numpy()])
             scale.append(self._scale_row(p.score.double().cpu().numpy(), dists, cond))
         self.score_scale_ = np.asarray(scale, dtype=np.float64)
-        return own[n_fit:]
+        return own
+
+    def segment_codes(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """(n,) each row's segment code (:meth:`pipeline.segments.Segments.codes`), or None without segments.
+
+        Raises:
+            InputError: ``frame`` lacks the segment column.
+        """
+        if self.segments_ is None:
+            return None
+        if self.segments_.column not in frame.columns:
+            raise InputError(
+                f"missing segment column {self.segments_.column!r}: this model has a threshold per segment"
+            )
+        return self.segments_.codes(segment_values(frame[self.segments_.column]))
+
+    def thresholds(self, data: pd.DataFrame) -> np.ndarray | float:
+        """Each row's threshold at ``alpha``: its segment's, or ``threshold_`` (pooled) for a small or unseen
+        segment and for a model without segments."""
+        codes = self.segment_codes(data)
+        if codes is None or self.segments_ is None:
+            return self.threshold_
+        out = np.full(len(data), self.threshold_, dtype=np.float64)
+        for j, t in enumerate(self.segments_.thresholds(self.alpha)):
+            if t is not None:
+                out[codes == j] = t
+        return out
 
     def _density_codes(self, model: TabularVAE, batch: TabularBatch) -> np.ndarray:
         """(n, d) float64 codes of the rows for the density terms: mu(x) or the encoder's last hidden layer."""
@@ -425,10 +511,16 @@ class VAEAnomalyDetector(EnsembleDetector):
         )
 
     def _passes(
-        self, batch: TabularBatch, explain: bool, search: bool = True, own: np.ndarray | None = None
+        self,
+        batch: TabularBatch,
+        explain: bool,
+        search: bool = True,
+        own: np.ndarray | None = None,
+        only: int | None = None,
     ) -> tuple[list[MemberPass], list[Future[np.ndarray]]]:
-        """One :func:`vae.score.score_pass` per VAE of the ensemble; with the latent term on, each VAE's
-        k-NN distances are searched in a background thread while the next VAE runs (both release the GIL).
+        """One :func:`vae.score.score_pass` per VAE of the ensemble (or of VAE ``only``); with the latent term
+        on, each VAE's k-NN distances are searched in a background thread while the next VAE runs (both release
+        the GIL).
 
         Returns the passes and, with the density terms on, each VAE's search for its k-NN distances
         (else []): :meth:`_combine` waits for them, so the caller can do other work in between. Rows
@@ -438,6 +530,8 @@ class VAEAnomalyDetector(EnsembleDetector):
         if self.latent_k and search:
             self._latent_knns()  # built here, once, not by the search threads at the same time
         for i, m in enumerate(self.models_):
+            if only is not None and i != only:
+                continue
             p = score_pass(m, batch, self.score_method, self.n_draws, explain=explain)
             if self.latent_k and search:
                 searches.append(search_pool().submit(self._distances, i, self._pass_codes(p), own))
@@ -466,16 +560,22 @@ class VAEAnomalyDetector(EnsembleDetector):
         return Explanation(nll, excess, expected, likely)
 
     def _combine(self, passes: list[MemberPass], searches: list[Future[np.ndarray]]) -> np.ndarray:
-        """Mean over the VAEs of the -ELBO (or IWAE / recon) score, plus the density terms when on."""
+        """The detector's score (:meth:`_ensemble_score`) of every VAE's pass."""
+        return self._ensemble_score(self._member_scores(passes, searches))
+
+    def _member_scores(
+        self, passes: list[MemberPass], searches: list[Future[np.ndarray]], only: int | None = None
+    ) -> np.ndarray:
+        """(len(passes), n) each VAE's score (of VAE ``only`` when the passes are its alone): its -ELBO (or IWAE
+        / recon) score, plus its density terms when on (:meth:`EnsembleDetector._member_total`)."""
         member = [p.score.double().cpu().numpy() for p in passes]
-        if not self.latent_k:
-            return np.mean(member, axis=0)
-        combined = []
-        for i, search in enumerate(searches):
-            cond = passes[i].cond
-            cond_np = cond.cpu().numpy() if self.conditional_groups and cond is not None else None
-            combined.append(self._member_total(i, member[i], search.result(), cond_np))
-        return np.mean(combined, axis=0)
+        if self.latent_k:
+            for j, search in enumerate(searches):
+                i = j if only is None else only
+                cond = passes[j].cond
+                cond_np = cond.cpu().numpy() if self.conditional_groups and cond is not None else None
+                member[j] = self._member_total(i, member[j], search.result(), cond_np)
+        return np.asarray(member)
 
     def score_samples(self, df: pd.DataFrame, source: str = "input") -> np.ndarray:
         """(n,) raw anomaly scores, higher = more anomalous; deterministic.
@@ -506,6 +606,8 @@ class VAEAnomalyDetector(EnsembleDetector):
             "n_draws": self.n_draws,
             "n_models": self.n_models,
             "cross_fit": self.cross_fit,
+            "calibration": self.calibration,
+            "segment_column": self.segment_column,
             "latent_k": self.latent_k,
             "latent_weight": self.latent_weight,
             "cosine_weight": self.cosine_weight,

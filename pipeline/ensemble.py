@@ -23,14 +23,29 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
-from pipeline.calibrate import check_alpha, conformal_threshold, min_calibration_rows
+from pipeline.calibrate import (
+    check_alpha,
+    conformal_threshold,
+    cross_calibration_scores,
+    cross_conformal_scores,
+    min_calibration_rows,
+)
 from pipeline.density import DensityTerms, finite_references, reference_rows, robust_scale
 from pipeline.errors import InputError, ModelError
 from pipeline.model_files import CAL_FILE, WEIGHTS_FILE, restore_members, write_model_files
+from pipeline.segments import Segments
 from vae.trainer import TrainHistory
 
-# Version 2: every parameter is written; models of version 1 (never released) are refused.
-FORMAT_VERSION = 2
+# Version 3: the calibration rule and, for cross-conformal models, each member's out-of-fold scores are written;
+# models of versions 1 and 2 (never released) are refused.
+FORMAT_VERSION = 3
+CALIBRATIONS = ("auto", "split", "cross")
+# Cross-conformal calibration trains from this many normal rows, and from 1 / alpha - 1 when that is more.
+MIN_CROSS_ROWS = 30
+# ``auto`` uses split-conformal calibration when the split leaves at least SPLIT_MIN_EXCEEDANCES / alpha
+# calibration rows (the threshold is then the 5th-largest calibration score or deeper), cross-conformal below
+# (why 5: docs/decisions/003-cross-conformal-calibration.md).
+SPLIT_MIN_EXCEEDANCES = 5
 
 
 class EnsembleDetector(DensityTerms):
@@ -47,6 +62,16 @@ class EnsembleDetector(DensityTerms):
     alpha: float
     n_models: int
     cal_fraction: float
+    calibration: str = "split"
+    """``auto``, ``split`` or ``cross`` (the table detector's parameter; images calibrate split-conformal)."""
+    cross_fit: bool = False
+    calibration_rule_: str = "split"
+    """The rule that made the threshold: ``split`` or ``cross`` (see :mod:`pipeline.calibrate`)."""
+    fold_scores_: list[np.ndarray]
+    """Cross-conformal models: each member's sorted out-of-fold scores of the rows it never saw (else [])."""
+    segment_column: str | None = None
+    """The table detector's per-segment threshold column (:mod:`pipeline.segments`); images have none."""
+    segments_: Segments | None = None
     seed: int
     train_config: Any
     models_: list[nn.Module]
@@ -75,19 +100,57 @@ class EnsembleDetector(DensityTerms):
         if self.density_space not in self.density_spaces:
             raise InputError(f"density_space must be one of {self.density_spaces}, got {self.density_space!r}")
 
-    def _check_calibration_size(self, n_cal: int, n_normal: int) -> None:
-        """The one minimum-size rule: ``alpha`` needs ``min_calibration_rows(alpha)`` calibration inputs.
+    def _min_cross_rows(self) -> int:
+        return max(MIN_CROSS_ROWS, min_calibration_rows(self.alpha))
+
+    def calibration_rule(self, n_normal: int) -> str:
+        """The rule this fit calibrates with, for ``n_normal`` normal training inputs, checked for size.
+
+        ``split`` sets ``cal_fraction`` of the inputs aside; ``cross`` needs a cross-fitted ensemble of at least two
+        members and uses every input; ``auto`` takes ``split`` when it leaves at least
+        ``SPLIT_MIN_EXCEEDANCES / alpha`` calibration inputs (or when the ensemble cannot be cross-conformal),
+        else ``cross``.
 
         Raises:
-            InputError: too few; says how many training inputs are needed.
+            InputError: an unknown rule, ``cross`` without a cross-fitted ensemble, or too few inputs; the message
+                says how many inputs are needed.
         """
+        if self.calibration not in CALIBRATIONS:
+            raise InputError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        if self.segment_column is not None and self.calibration == "cross":
+            raise InputError(
+                f"per-segment thresholds (segment column {self.segment_column!r}) are split-conformal: "
+                "use calibration='split' or 'auto'"
+            )
+        can_cross = self.cross_fit and self.n_models >= 3 and self.segment_column is None
+        if self.calibration == "cross" and not can_cross:
+            raise InputError(
+                "calibration='cross' needs a cross-fitted ensemble (cross_fit=True, n_models >= 3), got "
+                f"cross_fit={self.cross_fit!r}, n_models={self.n_models!r}"
+            )
+        n_cal = max(round(n_normal * self.cal_fraction), 1)
+        rule = self.calibration
+        if rule == "auto":
+            rule = "split" if not can_cross or n_cal >= SPLIT_MIN_EXCEEDANCES / self.alpha else "cross"
+        if rule == "cross":
+            need = self._min_cross_rows()
+            if n_normal < need:
+                raise InputError(
+                    f"alpha={self.alpha} needs at least {need} normal training {self.unit}, got {n_normal}: "
+                    f"give at least {need} {self.unit} or raise alpha"
+                )
+            return rule
         need = min_calibration_rows(self.alpha)
         if n_cal < need:
+            least = math.ceil(need / self.cal_fraction) if not can_cross else self._min_cross_rows()
             raise InputError(
                 f"alpha={self.alpha} needs at least {need} calibration {self.unit}, got {n_cal} "
                 f"({self.cal_fraction:.0%} of {n_normal} normal training {self.unit} are held out to calibrate): "
-                f"give at least {math.ceil(need / self.cal_fraction)} {self.unit} or raise alpha"
+                f"give at least {least} {self.unit}"
+                + (" and calibration='cross' (or 'auto')" if can_cross else "")
+                + " or raise alpha"
             )
+        return rule
 
     def _fit_references(
         self, n_pool: int, cap: int, codes: Callable[[nn.Module, np.ndarray], np.ndarray]
@@ -141,10 +204,45 @@ class EnsembleDetector(DensityTerms):
         return total
 
     def _calibrate(self, scores: np.ndarray) -> None:
-        """Set the calibration scores and the split-conformal threshold at ``alpha`` (a non-finite score sorts
+        """Split-conformal: set the calibration scores and the threshold at ``alpha`` (a non-finite score sorts
         above every finite one; the table flow names the row that caused it)."""
+        self.calibration_rule_ = "split"
+        self.fold_scores_ = []
         self.calibration_scores_ = np.asarray(scores, dtype=np.float64)
         self.threshold_ = conformal_threshold(self.calibration_scores_, self.alpha)
+
+    def _calibrate_cross(self, fold_scores: Sequence[np.ndarray]) -> None:
+        """Cross-conformal: keep each member's out-of-fold scores (sorted) and set the threshold on the scale of
+        :func:`pipeline.calibrate.cross_conformal_scores`."""
+        self.calibration_rule_ = "cross"
+        self.fold_scores_ = [np.sort(np.asarray(f, dtype=np.float64)) for f in fold_scores]
+        self.calibration_scores_ = cross_calibration_scores(sum(len(f) for f in self.fold_scores_))
+        self.threshold_ = conformal_threshold(self.calibration_scores_, self.alpha)
+
+    def split_conformal_rows(self) -> int:
+        """Enough normal training inputs for ``auto`` to calibrate split-conformal at ``alpha``."""
+        return math.ceil(SPLIT_MIN_EXCEEDANCES / self.alpha / self.cal_fraction)
+
+    def calibration_description(self) -> str:
+        """One line saying which rule made the threshold and what it guarantees (summaries, MLflow)."""
+        n = len(self.calibration_scores_)
+        if self.calibration_rule_ == "cross":
+            return (
+                f"cross-conformal over {len(self.fold_scores_)} folds of {n} normal training {self.unit}: "
+                "p = (1 + sum_k #{r in fold k: z_k(r) >= z_k(x)}) / (n + 1), flag p <= alpha; false-positive rate "
+                "<= 2 alpha in the worst case (Barber et al. 2021), about alpha measured"
+            )
+        return (
+            f"split-conformal on {n} held-out calibration {self.unit}: the k-th smallest calibration score, "
+            "k = ceil((n + 1)(1 - alpha)); false-positive rate <= alpha"
+        )
+
+    def _ensemble_score(self, member_scores: np.ndarray) -> np.ndarray:
+        """(n,) the detector's score from its members' scores (K, n): their mean, or under cross-conformal
+        calibration the cross-conformal score of :func:`pipeline.calibrate.cross_conformal_scores`."""
+        if self.calibration_rule_ == "cross":
+            return cross_conformal_scores(self.fold_scores_, member_scores)
+        return np.mean(member_scores, axis=0)
 
     # ------------------------------------------------------------- scoring
     def _check_fitted(self) -> None:
@@ -155,9 +253,13 @@ class EnsembleDetector(DensityTerms):
         raise NotImplementedError
 
     def predict(self, data: Any) -> np.ndarray:
-        """(n,) 0/1 labels: 1 where the score is above the calibrated threshold."""
+        """(n,) 0/1 labels: 1 where the score is above the calibrated threshold (its segment's, with segments)."""
         self._check_fitted()
-        return (self.score_samples(data) > self.threshold_).astype(np.int64)
+        return (self.score_samples(data) > self.thresholds(data)).astype(np.int64)
+
+    def thresholds(self, data: Any) -> np.ndarray | float:
+        """Each input's threshold at ``alpha``: ``threshold_`` (the table detector's segments override it)."""
+        return self.threshold_
 
     # ---------------------------------------------------------- save / load
     def params(self) -> dict[str, Any]:
@@ -187,6 +289,8 @@ class EnsembleDetector(DensityTerms):
             "params": self.params(),
             "train_config": self.train_config.to_dict() if self.train_config else None,
             "threshold": self.threshold_,
+            "calibration_rule": self.calibration_rule_,
+            "segments": None if self.segments_ is None else self.segments_.to_dict(),
             "n_rows": self.n_rows_,
             "score_scale": None if self.score_scale_ is None else self.score_scale_.tolist(),
             "histories": [h.__dict__ for h in self.histories_],

@@ -123,7 +123,7 @@ class ImageVAEDetector(EnsembleDetector):
         X = _as_images(X)
         n = len(X)
         split = split_rows(n, self.val_fraction, self.cal_fraction, self.seed)
-        self._check_calibration_size(len(split.cal), n)
+        self.calibration_rule(n)
         c, h, w = X.shape[1:]
         self.config_ = ConvVAEConfig(
             channels=c,

@@ -55,6 +55,7 @@ from pipeline.metrics import f1_optimal_threshold, labelled_metrics, labels_from
 from pipeline.report import atomic_writer, csv_header, csv_rows, report_path, write_text_atomic
 from pipeline.rules import FlagRule, apply_rule
 from pipeline.schema import most_extreme
+from pipeline.segments import POOLED, segment_values
 
 # Rows per chunk. Measured with 21 numeric columns (1 M rows, `benchmarks.scoring`): 4 x 65,536 rows peaked at
 # 1.3 GB RSS, 65,536 at 1,016-1,036 MB with the hidden-layer density terms, 32,768 at 796 MB for the same time.
@@ -76,6 +77,7 @@ class FileSummary:
     threshold: float
     rule: str
     alpha: float
+    calibration: str
     input_sha256: str
     model_uri: str
     model_name: str | None
@@ -85,6 +87,9 @@ class FileSummary:
     health: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    segments: list[dict[str, Any]] | None = None
+    """With per-segment thresholds: per segment, its rows, flagged rows, threshold, calibration rows and health;
+    a last entry for the rows scored against the pooled threshold (small or unseen segments)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,6 +223,11 @@ class _Run:
         self.flagged = 0  # one-pass rules: flagged rows so far
         self.health_count = 0
         self.ks = KSCounter(det.calibration_scores_)  # the health test's counts, chunk by chunk
+        # per-segment thresholds: each segment's KS counts and flag count (set by the first chunk)
+        self.segments = det.segments_
+        self.segment_ks: list[KSCounter] = []
+        self.segment_flagged: list[int] = []
+        self.pooled_rows = self.pooled_flagged = self.unseen_rows = 0
         self.keep_scores = True  # set by the first chunk: False when no whole-file step needs the scores
 
     def read_position(self, share: float) -> None:
@@ -273,6 +283,15 @@ class _Run:
     def _first_chunk(self, chunk: pd.DataFrame) -> None:
         """Checks that need only the columns; fixes the report's columns and whether it takes two passes."""
         det = self.det
+        if self.segments is not None:
+            self._first_segmented_chunk()
+        if det.calibration_rule_ == "cross" and self.rule.kind != "alpha":
+            # BH's FDR bound and the DKW bound are proved for split-conformal p-values, not cross-conformal ones
+            raise InputError(
+                f"the {self.rule.kind} flag rule needs a split-conformal model; this model is cross-conformal "
+                f"({len(det.calibration_scores_)} normal training rows): flag at --alpha, or train on at least "
+                f"{det.split_conformal_rows()} normal rows"
+            )
         # a level the calibration cannot reach raises here; for one-pass rules, the level and threshold
         self.rule_flags = apply_rule(self.rule, np.zeros(0), det.calibration_scores_)
         self.label = self.label_arg or (det.schema_.label_column if det.schema_.label_column in chunk.columns else None)
@@ -293,8 +312,35 @@ class _Run:
             *ATTRIBUTION,
         ]
 
-    def _score_chunk(self, chunk: pd.DataFrame, features: pd.DataFrame) -> tuple[np.ndarray, Explanation]:
-        """The model's part of a chunk: its scores (checked finite) and attribution; keeps scores and labels."""
+    def _first_segmented_chunk(self) -> None:
+        """Per-segment thresholds support the one-pass ``alpha`` rule: each segment's threshold at its level
+        (a segment with too few calibration rows for a lower level than the model's uses the pooled one)."""
+        assert self.segments is not None
+        if self.rule.kind != "alpha" or self.f1_optimal:
+            raise InputError(
+                f"this model has per-segment thresholds (segment column {self.segments.column!r}): flag at --alpha "
+                f"(the {'f1-optimal' if self.f1_optimal else self.rule.kind} rule has no per-segment form)"
+            )
+        self.segment_thresholds = self.segments.thresholds(self.rule.level)
+        self.segment_ks = [KSCounter(c) for c in self.segments.calibration]
+        self.segment_flagged = [0] * len(self.segments.values)
+        if self.segments.small:
+            self.notes.append(
+                f"segments with too few calibration rows at training, scored against the pooled threshold: "
+                f"{sorted(self.segments.small)}"
+            )
+        for v, t in zip(self.segments.values, self.segment_thresholds, strict=True):
+            if t is None:
+                self.notes.append(
+                    f"segment {v!r} has too few calibration rows for alpha={self.rule.level}: scored against the "
+                    "pooled threshold"
+                )
+
+    def _score_chunk(
+        self, chunk: pd.DataFrame, features: pd.DataFrame
+    ) -> tuple[np.ndarray, Explanation, np.ndarray | None]:
+        """The model's part of a chunk: its scores (checked finite), attribution and segment codes (None without
+        segments); keeps scores and labels."""
         det, offset = self.det, self.rows
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected by check_finite, row by row
             scores, explanation = det.score_and_explain(features)
@@ -306,40 +352,69 @@ class _Run:
                 raise _at_row(e, offset) from e
         if self.keep_scores:
             self.scores.append(scores)
-        return scores, explanation
+        codes = None
+        if self.segments is not None:
+            labels = segment_values(chunk[self.segments.column])
+            codes = self.segments.codes(labels)
+            self.unseen_rows += int((~np.isin(labels, [*self.segments.values, *self.segments.small])).sum())
+            # a segment whose threshold does not reach this run's level is scored against the pooled one
+            for j, t in enumerate(self.segment_thresholds):
+                if t is None:
+                    codes[codes == j] = POOLED
+        return scores, explanation, codes
 
     def _write_chunk(
         self,
         chunk: pd.DataFrame,
-        scored: tuple[np.ndarray, Explanation],
+        scored: tuple[np.ndarray, Explanation, np.ndarray | None],
         offset: int,
         out: TextIO,
         spill: _Spill | None,
     ) -> None:
         """Report lines of one scored chunk to ``out`` (or its typed columns to the spill). Chunks are
         written one at a time, in order: the caller waits for the previous one before submitting."""
-        self.ks.add(scored[0])
-        part = self._part(chunk, *scored, offset)
+        scores, explanation, codes = scored
+        self.ks.add(scores)
+        part = self._part(chunk, scores, explanation, offset, codes)
         if spill is not None:
             spill.write(part)
         else:
-            _write_lines(self._final_frame(part, self._chunk_flags(part)), out)
+            _write_lines(self._final_frame(part, self._chunk_flags(part, codes)), out)
 
-    def _part(self, chunk: pd.DataFrame, scores: np.ndarray, explanation: Explanation, offset: int) -> pd.DataFrame:
-        """The chunk's report columns that do not depend on the rest of the file (typed)."""
+    def _part(
+        self,
+        chunk: pd.DataFrame,
+        scores: np.ndarray,
+        explanation: Explanation,
+        offset: int,
+        codes: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """The chunk's report columns that do not depend on the rest of the file (typed); with segment
+        ``codes``, each row's p-value is against its segment's calibration scores."""
         det = self.det
         part = pd.DataFrame({"row": np.arange(offset, offset + len(chunk), dtype=np.int64)})
         for c in det.schema_.id_columns:
             part[c] = pd.Series(chunk[c].to_numpy(dtype=object), dtype=object)
         part["score"] = np.asarray(scores, dtype=np.float64)
         part["p_value"] = p_values(scores, det.calibration_scores_)
+        if codes is not None:
+            assert self.segments is not None
+            for j, cal in enumerate(self.segments.calibration):
+                rows = codes == j
+                if rows.any():
+                    part.loc[rows, "p_value"] = p_values(scores[rows], cal)
         attribution = attribution_columns(det, chunk, explanation)
         for c in ATTRIBUTION:
             part[c] = pd.Series(attribution[c].to_numpy(dtype=object), dtype=object)
         return part
 
-    def _chunk_flags(self, part: pd.DataFrame) -> tuple[float, np.ndarray, np.ndarray | None]:
-        """One-pass rules: each row's flag depends only on its own score."""
+    def _chunk_flags(
+        self, part: pd.DataFrame, codes: np.ndarray | None = None
+    ) -> tuple[float | np.ndarray, np.ndarray, np.ndarray | None]:
+        """One-pass rules: each row's flag depends only on its own score (and with segment ``codes``, on its
+        segment's threshold)."""
+        if codes is not None:
+            return self._segment_flags(part, codes)
         flags = apply_rule(self.rule, part["score"].to_numpy(), self.det.calibration_scores_)
         self.flagged += int(flags.is_anomaly.sum())
         if self.keep_scores:
@@ -347,10 +422,38 @@ class _Run:
         self.health_count += int((flags.p_value <= flags.effective_level).sum())
         return flags.threshold, flags.is_anomaly, None
 
-    def _final_frame(self, part: pd.DataFrame, flags: tuple[float, np.ndarray, np.ndarray | None]) -> pd.DataFrame:
+    def _segment_flags(self, part: pd.DataFrame, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, None]:
+        """The ``alpha`` rule with per-segment thresholds: each row against its segment's threshold (or the
+        pooled one); per-segment KS and flag counts are kept for the summary's health."""
+        scores = part["score"].to_numpy()
+        pooled = self.rule_flags.threshold
+        threshold = np.full(len(scores), pooled, dtype=np.float64)
+        for j, t in enumerate(self.segment_thresholds):
+            rows = codes == j
+            if t is not None and rows.any():
+                threshold[rows] = t
+                self.segment_ks[j].add(scores[rows])
+                self.segment_flagged[j] += int((scores[rows] > t).sum())
+        is_anomaly = (scores > threshold).astype(np.int64)
+        pooled_rows = codes == POOLED
+        self.pooled_rows += int(pooled_rows.sum())
+        self.pooled_flagged += int(is_anomaly[pooled_rows].sum())
+        self.flagged += int(is_anomaly.sum())
+        if self.keep_scores:
+            self.flag_parts.append(is_anomaly.astype(bool))
+        self.health_count += int(is_anomaly.sum())
+        return threshold, is_anomaly, None
+
+    def _final_frame(
+        self, part: pd.DataFrame, flags: tuple[float | np.ndarray, np.ndarray, np.ndarray | None]
+    ) -> pd.DataFrame:
         threshold, is_anomaly, q_value = flags
         frame = part
-        frame.insert(frame.columns.get_loc("score") + 1, "threshold", float(threshold))
+        frame.insert(
+            frame.columns.get_loc("score") + 1,
+            "threshold",
+            np.asarray(threshold, dtype=np.float64) if np.ndim(threshold) else float(threshold),
+        )
         frame.insert(frame.columns.get_loc("threshold") + 1, "is_anomaly", np.asarray(is_anomaly, dtype=np.int64))
         if q_value is not None:
             frame.insert(frame.columns.get_loc("p_value") + 1, "q_value", np.asarray(q_value, dtype=np.float64))
@@ -441,6 +544,7 @@ class _Run:
         health = batch_health(self.ks, det.calibration_scores_, self.health_count, self.health_level)
         if health.warning:
             notes.append(health.warning)
+        segments = self._segment_summary(notes) if self.segments is not None else None
         n = self.ks.n
         return FileSummary(
             input=str(self.path),
@@ -451,6 +555,7 @@ class _Run:
             threshold=float(self.threshold),
             rule=rule.describe(),
             alpha=det.alpha,
+            calibration=det.calibration_description(),
             input_sha256=input_sha256,
             model_uri=model_uri,
             model_name=model_name,
@@ -460,7 +565,48 @@ class _Run:
             health=health.to_dict(),
             metrics=metrics,
             notes=notes,
+            segments=segments,
         )
+
+    def _segment_summary(self, notes: list[str]) -> list[dict[str, Any]]:
+        """Per segment with its own threshold: rows, flagged, threshold and health; then the pooled rows."""
+        assert self.segments is not None
+        out = []
+        for j, (v, cal, t) in enumerate(
+            zip(self.segments.values, self.segments.calibration, self.segment_thresholds, strict=True)
+        ):
+            if t is None:
+                continue
+            h = batch_health(self.segment_ks[j], cal, self.segment_flagged[j], self.rule.level)
+            if h.warning:
+                notes.append(f"segment {v!r}: {h.warning}")
+            rows = self.segment_ks[j].n
+            out.append(
+                {
+                    "segment": v,
+                    "rows": rows,
+                    "flagged": self.segment_flagged[j],
+                    "threshold": t,
+                    "calibration_rows": len(cal),
+                    "health": h.to_dict(),
+                }
+            )
+        if self.unseen_rows:
+            notes.append(
+                f"{self.unseen_rows} rows have a {self.segments.column!r} value never seen in training: "
+                "scored against the pooled threshold"
+            )
+        out.append(
+            {
+                "segment": "(pooled: segments too small for alpha, or unseen)",
+                "rows": self.pooled_rows,
+                "flagged": self.pooled_flagged,
+                "threshold": self.rule_flags.threshold,
+                "calibration_rows": len(self.det.calibration_scores_),
+                "unseen_rows": self.unseen_rows,
+            }
+        )
+        return out
 
 
 class _Spill:

@@ -62,3 +62,33 @@ def member_folds(split: Split, n_members: int, seed: int) -> list[tuple[np.ndarr
         (np.setdiff1d(rest, blocks[i % len(blocks)], assume_unique=True), blocks[i % len(blocks)])
         for i in range(n_members)
     ]
+
+
+def cross_folds(n: int, n_members: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(train, validation, held-out) row positions of each member for cross-conformal calibration.
+
+    A seeded shuffle of the ``n`` rows is cut into ``n_members`` folds of near-equal size. Member k never sees
+    fold k (its held-out rows, whose out-of-fold scores calibrate), early-stops on fold k + 1 (cyclically) and
+    trains on the others; so every row is held out by exactly one member, no row is set aside, and a held-out
+    row has not even chosen its member's stopping epoch.
+
+    Raises:
+        InputError: fewer than 3 members, or fewer rows than 2 per fold.
+    """
+    if n_members < 3:
+        raise InputError(
+            f"cross-conformal calibration needs n_models >= 3 (a held-out and a validation fold per member), "
+            f"got {n_members!r}"
+        )
+    if n < 2 * n_members:
+        raise InputError(
+            f"cross-conformal calibration over {n_members} folds needs at least {2 * n_members} rows, got {n}"
+        )
+    order = np.random.default_rng([seed, 2]).permutation(n)
+    folds = [np.sort(f) for f in np.array_split(order, n_members)]
+    out = []
+    for k in range(n_members):
+        v = (k + 1) % n_members
+        train = np.sort(np.concatenate([f for j, f in enumerate(folds) if j not in (k, v)]))
+        out.append((train, folds[v], folds[k]))
+    return out

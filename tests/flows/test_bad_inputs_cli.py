@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from flows.config import TrainConfig
 from flows.train import check_enough_rows, fit_detector
 from pipeline.errors import InputError
+from pipeline.split import split_rows
 from tests.conftest import make_table
 from tests.flows.test_cli import _run
 from tests.pipeline.test_bad_inputs import BAD_SCORING_INPUTS, _bad_file
@@ -78,8 +80,10 @@ def test_score_cli_gives_one_error_line_per_bad_file_and_scores_the_good_ones(re
 
 
 def test_train_cli_refuses_a_value_that_breaks_training_with_one_line(session_home, tmp_path):
-    df, _ = make_table(200, seed=4)
-    df.loc[17, "b"] = 1e308
+    # 600 rows at alpha 0.1 leave 120 calibration rows: split-conformal, so the row can fall in the calibration part
+    df, _ = make_table(600, seed=4)
+    row = int(split_rows(600, 0.15, 0.2, seed=0).cal[0])
+    df.loc[row, "b"] = 1e308
     src = tmp_path / "huge.csv"
     df.to_csv(src, index=False)
     r = _run(
@@ -103,22 +107,22 @@ def test_train_cli_refuses_a_value_that_breaks_training_with_one_line(session_ho
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     [line] = [x for x in r.stderr.splitlines() if x.startswith("python -m flows.train: error:")]
-    # row 17 falls in the calibration part: its score overflows (in the train part, the loss does: see below)
-    assert "huge.csv: row 17 cannot be scored, its score overflows: column 'b' holds 1e+308" in line
+    # the row falls in the calibration part: its score overflows (in the train part, the loss does: see below)
+    assert f"huge.csv: row {row} cannot be scored, its score overflows: column 'b' holds 1e+308" in line
 
 
 def test_train_flow_checks_rows_before_training():
-    check_enough_rows(95, 0.05, "t.csv")
-    for n in (0, 1, 94):
-        try:
+    check_enough_rows(30, 0.05, "t.csv")
+    for n in (0, 9):
+        with pytest.raises(InputError) as e:
             check_enough_rows(n, 0.05, "t.csv")
-        except InputError as e:
-            assert str(e) == (
-                f"t.csv: {n} rows, but alpha=0.05 needs at least 19 calibration rows, so at least 95 "
-                "rows (20% are held out to calibrate the threshold): give more rows or raise --alpha"
-            )
-        else:
-            raise AssertionError(n)
+        assert str(e.value) == f"t.csv: {n} rows, but training needs at least 10: give more rows"
+    for n in (10, 29):
+        with pytest.raises(InputError) as e:
+            check_enough_rows(n, 0.05, "t.csv")
+        assert str(e.value) == (
+            f"t.csv: alpha=0.05 needs at least 30 normal training rows, got {n}: give at least 30 rows or raise alpha"
+        )
 
 
 def test_fit_task_turns_an_overflowing_loss_into_a_named_input_error(tmp_path):

@@ -75,7 +75,7 @@ def test_train_flow_reports_bad_data_without_registering(prefect_harness, tmp_pa
     p = tmp_path / "small.csv"
     df.to_csv(p, index=False)
     state = train(TrainConfig(data=p, model_name="never-registered", id_columns=["id"]), return_state=True)
-    assert state.is_failed() and "alpha=0.01 needs at least 99 calibration rows" in state.message
+    assert state.is_failed() and "alpha=0.01 needs at least 99 normal training rows, got 60" in state.message
     assert mlflow.MlflowClient().search_registered_models("name='never-registered'") == []
 
 
@@ -141,3 +141,30 @@ def test_train_config_maps_onto_the_trainer_defaults():
     assert cfg.trim_fraction == 0.05 and cfg.seed == 3
     assert (cfg.max_epochs, cfg.batch_size, cfg.lr) == (default.max_epochs, default.batch_size, default.lr)
     assert trainer_config(TrainConfig(data=Path("x.csv"), max_epochs=7)).max_epochs == 7
+
+
+def test_train_flow_with_a_segment_column_logs_each_segments_threshold(prefect_harness, tmp_path):
+    df, _ = make_table(800, seed=9)
+    p = tmp_path / "shapes.csv"
+    df.to_csv(p, index=False)
+    config = TrainConfig(
+        data=p, model_name="segmented", id_columns=["id"], segment_column="shape", alpha=0.05, max_epochs=3
+    )
+    out = train(config)
+    assert out["segments"] == {
+        "circle": pytest.approx(80, abs=25),
+        "square": pytest.approx(48, abs=20),
+        "star": pytest.approx(32, abs=16),
+    }
+    assert out["calibration"].startswith("split-conformal on 160 held-out calibration rows")
+    client = mlflow.MlflowClient()
+    run = client.get_run(out["run_id"])
+    assert run.data.params["segment_column"] == "shape" and run.data.params["calibration_rule"] == "split"
+    logged = mlflow.artifacts.load_dict(f"runs:/{out['run_id']}/calibration/calibration.json")
+    assert logged["segments"]["column"] == "shape" and set(logged["segments"]["thresholds"]) == {
+        "circle",
+        "square",
+        "star",
+    }
+    det = load_model(out["model_uri"]).detector
+    assert det.segments_.values == ["circle", "square", "star"]

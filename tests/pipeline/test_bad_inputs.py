@@ -247,10 +247,10 @@ def test_training_refuses_an_all_nan_column_and_a_header_only_table():
 
 def test_training_on_too_few_rows_says_how_many_are_needed():
     df, _ = make_table(200, seed=4)
-    with pytest.raises(InputError, match=r"training needs at least 10 rows, got 1"):
+    with pytest.raises(InputError, match=r"^alpha=0.1 needs at least 30 normal training rows, got 1: give at least 30"):
         _fit(df.head(1))
-    with pytest.raises(InputError, match=r"alpha=0.1 needs at least 9 calibration rows, got 6 .* give at least 45"):
-        _fit(df.head(30))
+    with pytest.raises(InputError, match=r"alpha=0.1 needs at least 30 normal training rows, got 29"):
+        _fit(df.head(29))
 
 
 def test_training_with_a_constant_column_scores_finite():

@@ -71,9 +71,13 @@ def test_labelled_anomalies_are_kept_out_of_training():
 
 
 def test_too_little_data_for_alpha_says_what_to_do():
-    df, _ = make_table(100, seed=0)
-    with pytest.raises(InputError, match=r"alpha=0.01 needs at least 99 calibration rows, got 20 .* give at least 495"):
+    df, _ = make_table(98, seed=0)
+    with pytest.raises(
+        InputError, match=r"^alpha=0.01 needs at least 99 normal training rows, got 98: give at least 99"
+    ):
         VAEAnomalyDetector(alpha=0.01, id_columns=["id"]).fit(df)
+    with pytest.raises(InputError, match=r"alpha=0.01 needs at least 99 calibration rows, got 20 .* give at least 495"):
+        VAEAnomalyDetector(alpha=0.01, id_columns=["id"], cross_fit=False).fit(make_table(100)[0])
 
 
 def test_report_has_one_row_per_input_row_in_order(fitted_detector, test_table, tmp_path):
@@ -307,7 +311,13 @@ def test_cross_fitting_gives_each_vae_its_own_validation_rows_and_can_be_turned_
     df, _ = make_table(300, seed=4)
     split = split_rows(len(df), 0.15, 0.2, 0)
     folds = member_folds(split, 3, 0)
-    kw = {"alpha": 0.1, "id_columns": ["id"], "n_models": 3, "train_config": TrainConfig(max_epochs=3)}
+    kw = {
+        "alpha": 0.1,
+        "id_columns": ["id"],
+        "n_models": 3,
+        "calibration": "split",
+        "train_config": TrainConfig(max_epochs=3),
+    }
     for cross_fit, vals in ((True, [v for _, v in folds]), (False, [split.val] * 3)):
         det = VAEAnomalyDetector(cross_fit=cross_fit, **kw).fit(df)
         for m, scale, rows in zip(det.models_, det.score_scale_, vals, strict=True):  # each -ELBO's median

@@ -18,16 +18,16 @@ def test_both_detectors_share_the_base():
     assert (VAEAnomalyDetector.kind, ImageVAEDetector.kind) == ("table", "image")
 
 
-@pytest.mark.parametrize("version", [1, 3, None])
+@pytest.mark.parametrize("version", [1, 2, 4, None])
 def test_a_model_of_another_format_version_is_refused_in_one_line(fitted_detector, tmp_path, version):
     d = fitted_detector.save(tmp_path / "m")
     meta = json.loads((d / META_FILE).read_text())
-    assert meta["format_version"] == FORMAT_VERSION == 2 and meta["kind"] == "table"
+    assert meta["format_version"] == FORMAT_VERSION == 3 and meta["kind"] == "table"
     meta["format_version"] = version
     (d / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(ModelError) as e:
         VAEAnomalyDetector.load(d)
-    assert f"has format {version!r}; this version reads format 2: train the model again" in str(e.value)
+    assert f"has format {version!r}; this version reads format 3: train the model again" in str(e.value)
     assert "\n" not in str(e.value)
 
 
@@ -39,16 +39,21 @@ def test_a_model_of_the_other_kind_is_refused(fitted_detector, tmp_path):
 
 
 def test_one_calibration_size_rule_words_both_kinds():
-    tables = VAEAnomalyDetector(alpha=0.05)
+    tables = VAEAnomalyDetector(alpha=0.05, cross_fit=False)  # split-conformal only, like the image detector
     images = ImageVAEDetector(alpha=0.05)
     for det, unit in ((tables, "rows"), (images, "images")):
-        det._check_calibration_size(19, 95)  # 19 = ceil(1 / 0.05) - 1 is enough
+        assert det.calibration_rule(95) == "split"  # 19 = ceil(1 / 0.05) - 1 calibration inputs are enough
         with pytest.raises(InputError) as e:
-            det._check_calibration_size(18, 90)
+            det.calibration_rule(90)
         assert str(e.value) == (
             f"alpha=0.05 needs at least 19 calibration {unit}, got 18 (20% of 90 normal training {unit} are "
             f"held out to calibrate): give at least 95 {unit} or raise alpha"
         )
+    # a cross-fitted table detector told to split says that cross-conformal calibration needs fewer rows
+    with pytest.raises(
+        InputError, match=r"give at least 30 rows and calibration='cross' \(or 'auto'\) or raise alpha$"
+    ):
+        VAEAnomalyDetector(alpha=0.05, calibration="split").calibration_rule(90)
 
 
 def test_a_members_total_is_its_standardised_terms(fitted_detector):
