@@ -30,6 +30,8 @@ class MethodResult:
         fit_s, score_s: wall seconds spent on the training pool and on the test rows.
         note: something a reader of the CSV should know (subsampling, failure); "" otherwise.
         info: extra detail for the progress line only (not written to the CSV).
+        calibration: the rule that made the threshold (``split``, ``cross``; ``""`` for a baseline, whose
+            threshold is the empirical quantile of its training scores).
     """
 
     scores: np.ndarray | None
@@ -38,6 +40,7 @@ class MethodResult:
     score_s: float = float("nan")
     note: str = ""
     info: str = ""
+    calibration: str = ""
 
 
 Baseline = Callable[..., MethodResult]

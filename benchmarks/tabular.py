@@ -50,17 +50,18 @@ COLUMNS = [
     "threshold_recall",
     "fit_s",
     "score_s",
+    "calibration",
     "note",
 ]
 METRIC_COLUMNS = ["auroc", "auprc", "threshold_fpr", "threshold_recall", "fit_s", "score_s"]
 
 
 # ------------------------------------------------------------------ our detector
-def make_vae_detector(alpha: float, seed: int) -> Any:
+def make_vae_detector(alpha: float, seed: int, calibration: str = "auto") -> Any:
     """The one place where the benchmark builds the VAE detector (change its settings here)."""
     from pipeline.detector import VAEAnomalyDetector
 
-    return VAEAnomalyDetector(alpha=alpha, seed=seed)
+    return VAEAnomalyDetector(alpha=alpha, seed=seed, calibration=calibration)
 
 
 def _frame(x: np.ndarray) -> Any:
@@ -69,8 +70,10 @@ def _frame(x: np.ndarray) -> Any:
     return pd.DataFrame(np.asarray(x, dtype=np.float64), columns=[f"x{i}" for i in range(x.shape[1])])
 
 
-def run_vae_anomaly(x_train: np.ndarray, x_test: np.ndarray, *, alpha: float, seed: int) -> MethodResult:
-    """Our VAEAnomalyDetector; its threshold is its own calibrated ``threshold_``.
+def run_vae_anomaly(
+    x_train: np.ndarray, x_test: np.ndarray, *, alpha: float, seed: int, calibration: str = "auto"
+) -> MethodResult:
+    """Our VAEAnomalyDetector; its threshold is its own calibrated ``threshold_`` (by the ``calibration`` rule).
 
     A training pool too small for ``alpha`` (InputError) gives a result without scores and a note.
     """
@@ -78,7 +81,7 @@ def run_vae_anomaly(x_train: np.ndarray, x_test: np.ndarray, *, alpha: float, se
 
     t0 = time.perf_counter()
     try:
-        det = make_vae_detector(alpha, seed).fit(_frame(x_train))
+        det = make_vae_detector(alpha, seed, calibration).fit(_frame(x_train))
     except InputError as e:
         return MethodResult(None, note=f"not run: InputError: {e}")
     t1 = time.perf_counter()
@@ -88,7 +91,8 @@ def run_vae_anomaly(x_train: np.ndarray, x_test: np.ndarray, *, alpha: float, se
     info = f"epochs={len(h.train_loss)} best={h.best_epoch} bs={h.batch_size}" if h is not None else ""
     if hasattr(det, "kl_weight_"):
         info += f" kl_weight={det.kl_weight_:g} active={det.active_units_}"
-    return MethodResult(scores, float(det.threshold_), t1 - t0, t2 - t1, info=info)
+    rule = getattr(det, "calibration_rule_", "split")
+    return MethodResult(scores, float(det.threshold_), t1 - t0, t2 - t1, info=info, calibration=rule)
 
 
 METHODS: dict[str, Callable[..., MethodResult]] = {"vae-anomaly": run_vae_anomaly, **BASELINES}
@@ -124,17 +128,21 @@ def load_dataset(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def split(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split(y: np.ndarray, seed: int, max_normal_train: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training-pool rows, test rows and test labels for one seed.
 
     The normal rows are shuffled with ``default_rng(seed)``; the first half (rounded down) is the
-    training pool, the rest of them plus all anomalies form the test set.
+    training pool, the rest of them plus all anomalies form the test set. With ``max_normal_train``, the
+    training pool is a seeded sample of at most that many of its rows (the test set is unchanged).
     """
     normal = np.flatnonzero(y == 0)
     perm = np.random.default_rng(seed).permutation(normal)
     n_train = len(perm) // 2
     test = np.concatenate([perm[n_train:], np.flatnonzero(y == 1)])
-    return perm[:n_train], test, y[test]
+    train = perm[:n_train]
+    if max_normal_train is not None and len(train) > max_normal_train:
+        train = np.sort(np.random.default_rng([seed, 3]).choice(train, size=max_normal_train, replace=False))
+    return train, test, y[test]
 
 
 def evaluate(y_test: np.ndarray, res: MethodResult) -> dict[str, Any]:
@@ -149,6 +157,7 @@ def evaluate(y_test: np.ndarray, res: MethodResult) -> dict[str, Any]:
         "threshold_recall": nan,
         "fit_s": res.fit_s,
         "score_s": res.score_s,
+        "calibration": res.calibration,
         "note": res.note,
     }
     if res.scores is None:
@@ -238,6 +247,8 @@ def summary_markdown(rows: list[dict[str, Any]], methods: Sequence[str], meta: d
         f"Tabular benchmark, alpha={meta['alpha']}, seeds={meta['seeds']}, {len(datasets)} datasets, "
         f"{meta['torch_threads']} torch threads on {meta['cpu']} ({meta['cpu_count']} CPUs)"
         f"{', GPU ' + meta['gpu'] if meta.get('gpu') else ''}, {meta['date']}.",
+        (f"Training pools capped at {meta['max_normal_train']} normal rows. " if meta.get("max_normal_train") else "")
+        + f"vae-anomaly calibration: {meta.get('calibration', 'auto')}.",
         "Means are over datasets of the per-dataset mean over seeds; n/a = no result.",
         "",
         "### Mean AUROC per method",
@@ -374,6 +385,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: the CPUs available to this process)"
     )
+    p.add_argument(
+        "--max-normal-train",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train every method on a seeded sample of at most N rows of each training pool (small-table runs)",
+    )
+    p.add_argument(
+        "--calibration",
+        choices=("auto", "split", "cross"),
+        default="auto",
+        help="vae-anomaly's calibration rule (default auto: the detector's default)",
+    )
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
@@ -381,6 +405,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error("--alpha must be in (0, 1)")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
+    if args.max_normal_train is not None and args.max_normal_train < 1:
+        p.error("--max-normal-train must be >= 1")
     return args
 
 
@@ -406,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         "methods": methods,
         "seeds": args.seeds,
         "alpha": args.alpha,
+        "max_normal_train": args.max_normal_train,
+        "calibration": args.calibration,
         "out": str(out),
         "status": "running",
     }
@@ -429,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         x, y = load_dataset(path)
         print(f"== {path.stem}: n={len(y)} d={x.shape[1]} anomalies={int(y.sum())}", flush=True)
         for seed in range(args.seeds):
-            train_idx, test_idx, y_test = split(y, seed)
+            train_idx, test_idx, y_test = split(y, seed, args.max_normal_train)
             x_train, x_test = x[train_idx], x[test_idx]
             base = {
                 "dataset": path.stem,
@@ -440,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             for method in methods:
                 try:
-                    res = METHODS[method](x_train, x_test, alpha=args.alpha, seed=seed)
+                    extra = {"calibration": args.calibration} if method == "vae-anomaly" else {}
+                    res = METHODS[method](x_train, x_test, alpha=args.alpha, seed=seed, **extra)
                 except Exception as e:
                     errors += 1
                     log.exception("%s seed=%d %s failed", path.stem, seed, method)

@@ -19,6 +19,7 @@ COLUMNS = [
     "threshold_recall",
     "fit_s",
     "score_s",
+    "calibration",
 ]
 
 
@@ -62,5 +63,11 @@ def test_harness_writes_the_contract_csv(tmp_path):
     assert sorted(df["method"]) == ["iforest", "knn", "vae-anomaly"]
     assert (df["n_train"] == 350).all() and (df["n_test_anomaly"] == 30).all()
     assert (df["auroc"] > 0.95).all()
+    # 350 normal training rows leave 70 calibration rows at alpha 0.05, fewer than 5 / alpha: cross-conformal
+    assert df.set_index("method")["calibration"].fillna("").to_dict() == {
+        "vae-anomaly": "cross",
+        "knn": "",
+        "iforest": "",
+    }
     text, _ = check(out, 0.05, "vae-anomaly", 1000)
-    assert "| toy | 1 | 350 |" in text
+    assert "### Cross-conformal thresholds" in text and "| toy | 1 | 350 |" in text
