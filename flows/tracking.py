@@ -223,6 +223,14 @@ def log_training_run(
                 Path(tmp) / "score_distribution.png",
                 other_scores=anomaly_scores,
                 other_label="labelled anomalies",
+                **(
+                    {
+                        "score_label": "cross-conformal score: out-of-fold normal scores a row exceeds (+ tie-break)",
+                        "calibration_label": "calibration (the n normal rows' ranks 1..n",
+                    }
+                    if det.calibration_rule_ == "cross"
+                    else {}
+                ),
             )
             mlflow.log_artifact(str(png), "calibration")
             det_dir = det.save(Path(tmp) / "detector")

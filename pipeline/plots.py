@@ -14,6 +14,8 @@ def score_distribution(
     path: str | Path,
     other_scores: np.ndarray | None = None,
     other_label: str = "anomalies",
+    score_label: str = "anomaly score (higher = more anomalous)",
+    calibration_label: str = "calibration (normal",
 ) -> Path:
     """Histogram of calibration scores with the threshold marked; PNG at ``path``."""
     import matplotlib
@@ -29,14 +31,14 @@ def score_distribution(
         np.clip(calibration_scores, lo, bins[-1]),
         bins=bins,
         alpha=0.7,
-        label=f"calibration (normal, n={len(calibration_scores)})",
+        label=f"{calibration_label}, n={len(calibration_scores)})",
     )
     if other_scores is not None and len(other_scores):
         ax.hist(
             np.clip(other_scores, lo, bins[-1]), bins=bins, alpha=0.6, label=f"{other_label} (n={len(other_scores)})"
         )
     ax.axvline(threshold, color="crimson", linestyle="--", label=f"threshold {threshold:.3g} (alpha={alpha})")
-    ax.set_xlabel("anomaly score (negative ELBO, nats; higher = more anomalous)")
+    ax.set_xlabel(score_label)
     ax.set_ylabel("rows")
     ax.legend(fontsize=8)
     fig.tight_layout()
