@@ -4,7 +4,7 @@ Every input image becomes one entry of an :class:`ImageSet`, in a stable order, 
 relative to the input's root; an image that cannot be decoded keeps its entry, with an ``error``
 text and no pixels, so a batch never stops on one bad file and no image disappears.
 
-Conversion rule (documented in the README): pixels become float32 in [0, 1] (8-bit values / 255,
+Conversion rule (documented in docs/images.md): pixels become float32 in [0, 1] (8-bit values / 255,
 16-bit / 65535). Mode: a model is grey (1 channel) or RGB (3 channels); grey images are
 converted with Pillow's ``convert("L")`` (ITU-R 601-2 luma), RGB with ``convert("RGB")`` (a grey image
 is repeated on the 3 channels); an alpha channel is dropped. Size: an image of another size is resized

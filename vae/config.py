@@ -67,7 +67,7 @@ class ModelConfig:
     ) -> ModelConfig:
         """Size the network from the data, unless sizes are given.
 
-        Rule (documented in the README): with ``d`` the number of encoded input
+        Rule (documented in docs/how-it-works.md): with ``d`` the number of encoded input
         values (numeric + one-hot), the first hidden layer has
         ``clip(2 * d, 32, 512)`` units, the second half of that (at least 16), and
         the latent code has ``clip(ceil(d / 4), 2, 32)`` dimensions.
