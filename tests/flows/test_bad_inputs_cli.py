@@ -22,7 +22,9 @@ HEADER_ONLY_REPORT = "row,id,score,threshold,is_anomaly,p_value,top_features,top
 
 def cli_within(args: list[str], home: Path, tmp: Path, timeout_s: float = 180) -> subprocess.CompletedProcess:
     """``python ARGS`` as ``tests.flows.test_cli._run`` runs it, killed after ``timeout_s``: a hang fails the test."""
-    env = {**os.environ, "VAE_ANOMALY_HOME": str(home), "PREFECT_HOME": str(tmp / "prefect-cli")}
+    # One Prefect home for every CLI run of the session: its database is made once (a fresh home costs each run
+    # about 7 s more); the runs are one after another, so they never share it at the same time.
+    env = {**os.environ, "VAE_ANOMALY_HOME": str(home), "PREFECT_HOME": str(home / "prefect-cli")}
     env.pop("PREFECT_API_URL", None)
     return subprocess.run([sys.executable, *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout_s)
 

@@ -54,7 +54,15 @@ def test_missing_values_and_unseen_categories_are_scored(fitted_detector, test_t
     odd.loc[odd.index[1], "shape"] = "hexagon"
     odd.loc[odd.index[2], "color"] = np.nan
     s = fitted_detector.score_samples(odd)
+    base = fitted_detector.score_samples(df.head(5))
     assert np.isfinite(s).all()
+    assert np.array_equal(s[3:], base[3:])  # a row's score depends on its own values only
+    assert s[1] > base[1]  # a category never seen in training makes the row more anomalous
+    # a missing cell is left out of the likelihood: it adds nothing to the row's per-feature NLL
+    nll = fitted_detector.explain_validated(fitted_detector.schema_.validate(odd, require_ids=False)).nll
+    features = list(fitted_detector.schema_.features)
+    assert nll[0, features.index("a")] == 0 and nll[2, features.index("color")] == 0
+    assert nll[1, features.index("a")] > 0 and nll[0, features.index("color")] > 0
 
 
 def test_labelled_anomalies_are_kept_out_of_training():
