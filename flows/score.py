@@ -29,6 +29,7 @@ from pipeline import scoring
 from pipeline.errors import InputError
 from pipeline.inbox import expand_inputs
 from pipeline.report import report_path
+from pipeline.summary import write_summary
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def score_file(
             )
         target = report_path(out, path).with_name(f"{Path(path).stem}.summary.json")
         try:
-            scoring.write_summary(s, target)
+            write_summary(s, target)
         except OSError as e:
             raise InputError(f"cannot write summary {target}: {e.strerror or e}") from e
         return s.to_dict()

@@ -25,7 +25,8 @@ from flows.cli import ArgumentParser, finish_scoring, run
 from flows.config import ImageScoreConfig
 from flows.outcome import UserError, user_errors
 from pipeline.errors import InputError
-from pipeline.image_scoring import score_images_batch, write_image_summary
+from pipeline.image_scoring import score_images_batch
+from pipeline.summary import write_summary
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def score_batch(
         )
         target = Path(s.report).with_name(Path(s.report).name.replace(".anomalies.csv", ".summary.json"))
         try:
-            write_image_summary(s, target)
+            write_summary(s, target)
         except OSError as e:
             raise InputError(f"cannot write summary {target}: {e.strerror or e}") from e
         return s.to_dict()

@@ -9,10 +9,8 @@ empty. Flags, p-values and batch health are computed over the decoded images onl
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,42 +34,14 @@ from pipeline.images import (
 )
 from pipeline.metrics import labelled_metrics
 from pipeline.paths import confined_file
-from pipeline.report import REPORT_SUFFIX, write_csv_atomic, write_text_atomic
+from pipeline.report import REPORT_SUFFIX, write_csv_atomic
 from pipeline.rules import FlagRule, apply_rule
+from pipeline.summary import ScoreSummary
 
 CONTACT_SUFFIX = ".contact_sheet.png"
 IMAGE_COLUMN, PATH_COLUMN = "image", "path"
 IMAGE_ROOT_ENV = "VAE_ANOMALY_IMAGE_ROOT"
 """The environment variable the pyfunc takes ``image_root`` from (read in flows.pyfunc; named here for messages)."""
-
-
-@dataclass(frozen=True)
-class ImageSummary:
-    """What one scored image batch produced (the keys of the tabular summary, plus image fields)."""
-
-    input: str
-    report: str
-    contact_sheet: str | None
-    rows: int
-    scored: int
-    errors: int
-    flagged: int
-    flagged_fraction: float
-    threshold: float
-    rule: str
-    alpha: float
-    input_sha256: str
-    model_uri: str
-    model_name: str | None
-    model_version: str | None
-    auroc: float | None
-    seconds: float
-    health: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def build_image_report(images: ImageSet, scores: np.ndarray, flags: Any) -> pd.DataFrame:
@@ -110,7 +80,7 @@ def score_images_batch(
     model_version: str | None = None,
     rule: FlagRule | None = None,
     top_k: int = 16,
-) -> ImageSummary:
+) -> ScoreSummary:
     """Score one batch of images; write ``<out>/<name>.anomalies.csv`` and ``<name>.contact_sheet.png``.
 
     Args:
@@ -153,7 +123,7 @@ def score_images_batch(
     if images.labels is not None and len(np.unique(images.labels)) > 1:
         notes.append("labels found beside the images: not used for scoring")
     flagged = int(flags.is_anomaly.sum())
-    return ImageSummary(
+    return ScoreSummary(
         input=str(source if isinstance(source, str | Path) else ", ".join(str(s) for s in source)),
         report=str(target),
         contact_sheet=None if sheet is None else str(sheet),
@@ -165,6 +135,7 @@ def score_images_batch(
         threshold=float(flags.threshold),
         rule=rule.describe(),
         alpha=det.alpha,
+        calibration=det.calibration_description(),
         input_sha256=digest(images),
         model_uri=model_uri,
         model_name=model_name,
@@ -194,11 +165,6 @@ def evaluate_labels(report: pd.DataFrame, labels: np.ndarray) -> dict[str, Any]:
     return labelled_metrics(
         np.asarray(labels)[ok], report["score"].to_numpy()[ok], report["is_anomaly"].to_numpy()[ok].astype(int)
     )
-
-
-def write_image_summary(summary: ImageSummary, path: str | Path) -> Path:
-    """The summary as JSON (``<name>.summary.json`` beside the report)."""
-    return write_text_atomic(json.dumps(summary.to_dict(), indent=1, default=str), path)
 
 
 def score_image_frame(det: ImageVAEDetector, frame: pd.DataFrame, image_root: str | Path | None = None) -> pd.DataFrame:

@@ -377,7 +377,8 @@ def score_table(
     Raises:
         InputError: as :func:`pipeline.scoring.score_file`, or the summary cannot be written.
     """
-    from pipeline.scoring import score_file, write_summary
+    from pipeline.scoring import score_file
+    from pipeline.summary import write_summary
 
     s = score_file(det, path, out_dir, model_uri, model_name, model_version, rule=rule)
     target = Path(s.report).with_name(f"{Path(path).stem}.summary.json")

@@ -30,14 +30,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import json
 import os
 import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -52,10 +50,11 @@ from pipeline.errors import InputError
 from pipeline.health import KSCounter, batch_health
 from pipeline.io import iter_table, sha256_file
 from pipeline.metrics import f1_optimal_threshold, labelled_metrics, labels_from
-from pipeline.report import atomic_writer, csv_header, csv_rows, report_path, write_text_atomic
+from pipeline.report import atomic_writer, csv_header, csv_rows, report_path
 from pipeline.rules import FlagRule, apply_rule
 from pipeline.schema import most_extreme
 from pipeline.segments import POOLED, segment_values
+from pipeline.summary import ScoreSummary
 
 # Rows per chunk. Measured with 21 numeric columns (1 M rows, `benchmarks.scoring`): 4 x 65,536 rows peaked at
 # 1.3 GB RSS, 65,536 at 1,016-1,036 MB with the hidden-layer density terms, 32,768 at 796 MB for the same time.
@@ -63,36 +62,6 @@ CHUNK_ROWS = SCORE_CHUNK
 ATTRIBUTION = ("top_features", "top_observed", "top_expected")
 Progress = Callable[[int, float], None]
 """Called after each chunk with the rows scored so far and the share of the file read, in [0, 1]."""
-
-
-@dataclass(frozen=True)
-class FileSummary:
-    """What one scored file produced; ``flagged + not flagged == rows``."""
-
-    input: str
-    report: str
-    rows: int
-    flagged: int
-    flagged_fraction: float
-    threshold: float
-    rule: str
-    alpha: float
-    calibration: str
-    input_sha256: str
-    model_uri: str
-    model_name: str | None
-    model_version: str | None
-    auroc: float | None
-    seconds: float
-    health: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-    segments: list[dict[str, Any]] | None = None
-    """With per-segment thresholds: per segment, its rows, flagged rows, threshold, calibration rows and health;
-    a last entry for the rows scored against the pooled threshold (small or unseen segments)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def score_file(
@@ -110,7 +79,7 @@ def score_file(
     read_rows: int | None = None,
     progress: Progress | None = None,
     torch_threads: int | None = None,
-) -> FileSummary:
+) -> ScoreSummary:
     """Score every row of ``path`` and write ``<out_dir>/<stem>.anomalies.csv`` atomically, streaming.
 
     Args:
@@ -531,7 +500,7 @@ class _Run:
         model_name: str | None,
         model_version: str | None,
         seconds: float,
-    ) -> FileSummary:
+    ) -> ScoreSummary:
         if not hasattr(self, "is_anomaly"):
             self._decide()
         det, rule, y = self.det, self.rule, self.all_labels()
@@ -546,7 +515,7 @@ class _Run:
             notes.append(health.warning)
         segments = self._segment_summary(notes) if self.segments is not None else None
         n = self.ks.n
-        return FileSummary(
+        return ScoreSummary(
             input=str(self.path),
             report=str(target),
             rows=n,
@@ -766,8 +735,3 @@ def ensure_out_dir(path: str | Path) -> Path:
     if not os.access(d, os.W_OK | os.X_OK):
         raise InputError(f"output folder {d} is not writable")
     return d
-
-
-def write_summary(summary: FileSummary, path: str | Path) -> Path:
-    """The summary as JSON (``<stem>.summary.json`` beside the report)."""
-    return write_text_atomic(json.dumps(summary.to_dict(), indent=1, default=str), path)
