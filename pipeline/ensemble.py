@@ -106,10 +106,10 @@ class EnsembleDetector(DensityTerms):
     def calibration_rule(self, n_normal: int) -> str:
         """The rule this fit calibrates with, for ``n_normal`` normal training inputs, checked for size.
 
-        ``split`` sets ``cal_fraction`` of the inputs aside; ``cross`` needs a cross-fitted ensemble of at least two
-        members and uses every input; ``auto`` takes ``split`` when it leaves at least
-        ``SPLIT_MIN_EXCEEDANCES / alpha`` calibration inputs (or when the ensemble cannot be cross-conformal),
-        else ``cross``.
+        ``split`` sets ``cal_fraction`` of the inputs aside; ``cross`` needs a cross-fitted ensemble of at least
+        three members (a held-out and a validation fold each) and uses every input; ``auto`` takes ``split`` when it
+        leaves at least ``SPLIT_MIN_EXCEEDANCES / alpha`` calibration inputs (or when the ensemble cannot be
+        cross-conformal), else ``cross``.
 
         Raises:
             InputError: an unknown rule, ``cross`` without a cross-fitted ensemble, or too few inputs; the message

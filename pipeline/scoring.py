@@ -365,13 +365,15 @@ class _Run:
         for c in det.schema_.id_columns:
             part[c] = pd.Series(chunk[c].to_numpy(dtype=object), dtype=object)
         part["score"] = np.asarray(scores, dtype=np.float64)
-        part["p_value"] = p_values(scores, det.calibration_scores_)
-        if codes is not None:
+        if codes is None:
+            part["p_value"] = p_values(scores, det.calibration_scores_)
+        else:  # each row against its segment's calibration scores, or the pooled ones, once
             assert self.segments is not None
-            for j, cal in enumerate(self.segments.calibration):
+            p = np.empty(len(scores))
+            for j, cal in [(POOLED, det.calibration_scores_), *enumerate(self.segments.calibration)]:
                 rows = codes == j
-                if rows.any():
-                    part.loc[rows, "p_value"] = p_values(scores[rows], cal)
+                p[rows] = p_values(scores[rows], cal)
+            part["p_value"] = p
         attribution = attribution_columns(det, chunk, explanation)
         for c in ATTRIBUTION:
             part[c] = pd.Series(attribution[c].to_numpy(dtype=object), dtype=object)
