@@ -243,12 +243,9 @@ def register_model(work: Path, args: argparse.Namespace) -> tuple[str, dict[str,
     os.environ.pop("MLFLOW_REGISTRY_URI", None)
     if "PREFECT_API_URL" not in os.environ:
         os.environ["PREFECT_HOME"] = str(home / ".prefect")
-    import pandas as pd
-
     from flows.config import TrainConfig
-    from flows.outcome import UserError
     from flows.settings import tracking_uri
-    from flows.train import fit_detector, register_model
+    from flows.train import fit_detector, load_training_data, register_model
     from pipeline.demo import make_demo_data
 
     files = make_demo_data(work / "data")
@@ -260,20 +257,16 @@ def register_model(work: Path, args: argparse.Namespace) -> tuple[str, dict[str,
         alpha=args.alpha,
         max_epochs=args.max_epochs,
     )
-    df = pd.read_csv(files.train, dtype={"txn_id": str})
+    data = load_training_data.fn(config.detector(), config)
     t0 = time.perf_counter()
-    det = fit_detector.fn(df, config)  # the detector the train flow fits and registers
-    if isinstance(det, UserError):
-        raise RuntimeError(f"training the benchmark's model failed: {det.message}")
+    det, _ = fit_detector.fn(config.detector(), data)  # the detector the train flow fits and registers
     train_s = time.perf_counter() - t0
-    registered = register_model.fn(det, config, {}, None)  # as the train flow registers it
-    if isinstance(registered, UserError):
-        raise RuntimeError(f"registering the benchmark's model failed: {registered.message}")
+    registered = register_model.fn(det, data, config, {}, None)  # as the train flow registers it
     uri = tracking_uri()
     return uri, {
         "model_uri": registered.model_uri,
         "model_version": registered.version,
-        "train_rows": len(df),
+        "train_rows": len(data.frame),
         "train_epochs": len(det.history_.train_loss),
         "train_s": round(train_s, 2),
         "new_batch": str(files.new_batch),

@@ -11,16 +11,56 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from flows.outcome import UserError
-
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_MODEL, EXIT_TRACKING = 0, 1, 2, 3, 4
 
 
+_verbose = False
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that exits 2 with a one-line message."""
+    """argparse that exits 2 with a one-line message, and takes ``-v/--verbose`` for :func:`run`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.add_help:  # not a parents=[...] parser, whose options its children copy
+            self.add_argument("-v", "--verbose", action="store_true", help="also show Prefect's and MLflow's logs")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        global _verbose
+        ns = super().parse_args(args, namespace)
+        _verbose = bool(ns.__dict__.pop("verbose", False)) or _verbose
+        return ns
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message}\n")
+
+
+class _Quiet(logging.Filter):
+    """Lets through this project's warnings and errors; Prefect's and MLflow's records only when critical
+    (their INFO lines and the traceback of a failed task would bury the one-line error)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] in ("prefect", "mlflow", "alembic", "httpx", "distributed"):
+            return record.levelno >= logging.CRITICAL
+        return record.levelno >= logging.WARNING
+
+
+def quiet_logs() -> None:
+    """Console logs of a CLI run: with ``--verbose`` Prefect's and MLflow's INFO lines; otherwise this
+    project's warnings and errors only. Logs a Prefect server receives (``PREFECT_API_URL``) are unchanged."""
+    if _verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in root.handlers:
+        handler.addFilter(_Quiet())
 
 
 def csv_list(value: str) -> list[str]:
@@ -28,10 +68,15 @@ def csv_list(value: str) -> list[str]:
 
 
 def validation_message(e: ValidationError) -> str:
+    """Each error of a config in a few words: the field, what is wrong, and the value given (a check across
+    fields names its own values)."""
     parts = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "config"
-        parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["loc"]:
+            parts.append(f"{'.'.join(str(x) for x in err['loc'])}: {msg} (got {err.get('input')!r})")
+        else:
+            parts.append(msg)
     return "; ".join(parts)
 
 
@@ -47,13 +92,13 @@ def run(prog: str, body: Callable[[], int]) -> int:
     from flows.settings import redact
     from pipeline.errors import InputError, ModelError
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_logs()
     try:
         return body()
     except ValidationError as e:
         print(f"{prog}: error: {validation_message(e)}", file=sys.stderr)
         return EXIT_INPUT
-    except (InputError, ModelError) as e:
+    except (InputError, ModelError) as e:  # a task's error, re-raised by the flow
         print(f"{prog}: error: {redact(one_line(e))}", file=sys.stderr)
         return getattr(e, "exit_code", EXIT_FAILURE)
     except KeyboardInterrupt:
@@ -80,30 +125,6 @@ def one_line(e: BaseException) -> str:
     return text.splitlines()[0][:500] if text else type(e).__name__
 
 
-def user_error(state: Any) -> UserError | None:
-    """The :class:`UserError` a failed flow run returned, or None (an unexpected failure)."""
-    try:
-        data = state.result(raise_on_failure=False)
-    except Exception:
-        return None
-    return data if isinstance(data, UserError) else None
-
-
-def flow_failure(prog: str, state: Any) -> int | None:
-    """For a failed flow run: print its user error as one line and return the exit code; re-raise an
-    unexpected failure. None when the run did not fail."""
-    from flows.settings import redact
-
-    if not state.is_failed():
-        return None
-    err = user_error(state)
-    if err is None:
-        state.result()  # re-raise the unexpected exception
-        raise RuntimeError(f"flow run failed without an exception: {state}")
-    print(f"{prog}: error: {redact(err.message)}", file=sys.stderr)
-    return err.exit_code
-
-
 def print_registered(summary: dict[str, Any]) -> None:
     """The training CLIs' output: the registered version and alias, then every summary field."""
     print(
@@ -112,22 +133,3 @@ def print_registered(summary: dict[str, Any]) -> None:
     )
     for k, v in summary.items():
         print(f"  {k}: {v}")
-
-
-def finish_scoring(prog: str, state: Any, print_summary: Callable[[dict[str, Any]], None]) -> int:
-    """The scoring CLIs' ending: print each file's summary and each file's user error (one line each);
-    the exit code is the highest of those errors' (0 when every file was scored). A failure that is not
-    a user error is re-raised."""
-    from flows.settings import redact
-
-    data = state.result(raise_on_failure=False)
-    if state.is_failed() and not (isinstance(data, list) and any(isinstance(d, UserError) for d in data)):
-        state.result()  # an unexpected failure: re-raise it
-    items = data if isinstance(data, list) else []
-    for s in items:
-        if isinstance(s, dict):
-            print_summary(s)
-    errs = [e for e in items if isinstance(e, UserError)]
-    for e in errs:
-        print(f"{prog}: error: {redact(e.message)}", file=sys.stderr)
-    return max((e.exit_code for e in errs), default=EXIT_OK)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -19,28 +20,71 @@ MODEL_NAME = r"^[^/@]*[^/@.][^/@]*$"
 SEED_MAX = 2**31 - 1  # numpy seeds are 0..2**32 - 1: room for an ensemble's seed, seed + 1, ...
 
 
+KINDS = ("table", "image")
+DEFAULT_MODEL_NAME = {"table": "vae-anomaly", "image": "vae-anomaly-images"}
+
+
+def input_kind(first: str) -> str:
+    """The kind of data an input holds: images for a folder, an image file, a glob or an IDX file
+    (``*-idx3-ubyte[.gz]``); a table otherwise (a ``.npz`` file is a table unless the kind says image)."""
+    from pipeline.images import IDX_PATTERN, looks_like_images
+
+    if Path(first).suffix.lower() != ".npz" and (looks_like_images(first) or IDX_PATTERN.search(first)):
+        return "image"
+    return "table"
+
+
+TABLE_ONLY = ("id_columns", "label_column", "categorical_columns", "segment_column", "trim_fraction")
+IMAGE_ONLY = ("normal_label", "likelihood", "score_method", "n_models")
+
+
+def _paths(v: object) -> object:
+    """One path or a list of paths, as a list of strings (the configs' ``data`` and ``inputs``)."""
+    if isinstance(v, str | Path):
+        v = [v]
+    return [str(x) for x in v] if isinstance(v, list | tuple) else v
+
+
 class TrainConfig(BaseModel):
-    """Parameters of the ``train`` flow."""
+    """Parameters of the ``train`` flow, for a table or for images (``kind``).
+
+    ``kind`` "auto" is decided by the first input (:func:`input_kind`). Options of the other kind are
+    refused, naming the option.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    data: Path = Field(description="training table: CSV or Parquet (normal rows, or labelled with label_column)")
-    model_name: str = Field("vae-anomaly", pattern=MODEL_NAME, description="registered model name")
+    kind: Literal["auto", "table", "image"] = Field("auto", description="table, image, or auto (from the input)")
+    data: list[str] = Field(
+        min_length=1,
+        description="a training table (CSV or Parquet), or normal images: folders, image files, globs, an IDX or .npz",
+    )
+    model_name: str | None = Field(
+        None, pattern=MODEL_NAME, description="registered model name (default: vae-anomaly, vae-anomaly-images)"
+    )
     alias: str = Field("champion", min_length=1, description="alias set on the new model version")
     experiment: str = Field("vae-anomaly", min_length=1, description="MLflow experiment name")
+    alpha: float = Field(0.01, gt=0, lt=1, description="target false-positive rate of the threshold")
+    max_epochs: int | None = Field(None, ge=1, le=100_000, description="cap on epochs (None: the trainer's budget)")
+    batch_size: int | None = Field(None, ge=1, description="rows or images a step (at most 65,536 and 4,096)")
+    latent_dim: int | None = Field(None, ge=1, le=1024)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
+    # tables only
     id_columns: list[str] = Field(default_factory=list, description="columns passed through to reports")
     label_column: str | None = Field(None, description="0/1 column (1 = anomaly) used only for evaluation")
     categorical_columns: list[str] = Field(default_factory=list, description="force these columns categorical")
     segment_column: str | None = Field(
         None, min_length=1, description="categorical column whose values each get their own threshold"
     )
-    alpha: float = Field(0.01, gt=0, lt=1, description="target false-positive rate of the threshold")
-    max_epochs: int | None = Field(None, ge=1, le=100_000, description="cap on epochs (None: the trainer's budget)")
     trim_fraction: float = Field(0.0, ge=0, lt=0.5, description="share of worst-fitting rows per batch left out")
-    batch_size: int | None = Field(None, ge=1, le=TABLE_BATCH_MAX)
-    latent_dim: int | None = Field(None, ge=1, le=1024)
-    seed: int = Field(0, ge=0, le=SEED_MAX)
-    device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
+    # images only
+    normal_label: int | None = Field(None, description="with a labelled IDX/.npz file: train on this label only")
+    likelihood: str | None = Field(None, pattern="^(gaussian|bernoulli|cbernoulli)$")
+    score_method: str | None = Field(None, pattern="^(recon|elbo|iwae)$")
+    n_models: int | None = Field(None, ge=1, le=20, description="ensemble size (images; default 1)")
+
+    _data = field_validator("data", mode="before")(_paths)
 
     @field_validator("alias")
     @classmethod
@@ -48,6 +92,77 @@ class TrainConfig(BaseModel):
         if v.isdigit() or v.lower() == "latest":
             raise ValueError(f"alias must not be a number or 'latest', got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _resolve_kind(self) -> TrainConfig:
+        kind = input_kind(self.data[0]) if self.kind == "auto" else self.kind
+        object.__setattr__(self, "kind", kind)
+        if self.model_name is None:
+            object.__setattr__(self, "model_name", DEFAULT_MODEL_NAME[kind])
+        other = IMAGE_ONLY if kind == "table" else TABLE_ONLY
+        for name in other:
+            if name in self.model_fields_set and getattr(self, name) not in (None, [], 0.0):
+                raise ValueError(
+                    f"{name} is an option for {'images' if kind == 'table' else 'tables'}; "
+                    f"this run trains on {kind}s ({self.data[0]})"
+                )
+        if kind == "table" and len(self.data) != 1:
+            raise ValueError(f"a table model trains on one table, got {len(self.data)} inputs: {self.data[:3]}")
+        limit = IMAGE_BATCH_MAX if kind == "image" else TABLE_BATCH_MAX
+        if self.batch_size is not None and self.batch_size > limit:
+            raise ValueError(f"batch_size: at most {limit} for {kind}s, got {self.batch_size}")
+        return self
+
+    def params(self) -> dict[str, str]:
+        """The options of this kind as MLflow run parameters."""
+        other = IMAGE_ONLY if self.kind == "table" else TABLE_ONLY
+        values = self.model_dump(mode="json", exclude={"model_name", "alias", "experiment", *other})
+        if self.kind == "table":
+            values["data"] = self.data[0]
+        return {k: ("" if v is None else str(v)) for k, v in values.items()}
+
+    def detector(self) -> Any:
+        """A new, unfitted detector with this config's settings."""
+        if self.kind == "image":
+            from pipeline.image_detector import ImageVAEDetector
+            from vae.config import ImageTrainConfig as ImageTrainerConfig
+
+            given = {"max_epochs": self.max_epochs, "batch_size": self.batch_size}
+            return ImageVAEDetector(
+                alpha=self.alpha,
+                latent_dim=self.latent_dim or 16,
+                likelihood=self.likelihood or "gaussian",
+                score_method=self.score_method or "recon",
+                n_models=self.n_models or 1,
+                seed=self.seed,
+                train_config=ImageTrainerConfig(
+                    seed=self.seed, device=self.device, **{k: v for k, v in given.items() if v is not None}
+                ),
+            )
+        from pipeline.detector import VAEAnomalyDetector
+
+        return VAEAnomalyDetector(
+            alpha=self.alpha,
+            id_columns=self.id_columns,
+            label_column=self.label_column,
+            categorical_columns=self.categorical_columns,
+            segment_column=self.segment_column,
+            latent_dim=self.latent_dim,
+            seed=self.seed,
+            train_config=self.trainer_config(),
+        )
+
+    def trainer_config(self) -> Any:
+        """The table trainer's defaults, overridden by what this config sets."""
+        from vae.config import TrainConfig as TrainerConfig
+
+        given = {"max_epochs": self.max_epochs, "batch_size": self.batch_size}
+        return TrainerConfig(
+            seed=self.seed,
+            device=self.device,
+            trim_fraction=self.trim_fraction,
+            **{k: v for k, v in given.items() if v is not None},
+        )
 
 
 class DaskOptions(BaseModel):
@@ -107,28 +222,55 @@ class FlagRuleOptions(BaseModel):
 
 
 class ScoreConfig(DaskOptions, FlagRuleOptions):
-    """Parameters of the ``score`` flow."""
+    """Parameters of the ``score`` flow, for tables or for image batches (``kind``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    inputs: list[Path] = Field(min_length=1, description="tables to score: CSV or Parquet")
-    model: str = Field("models:/vae-anomaly@champion", description="MLflow model URI")
+    kind: Literal["auto", "table", "image"] = Field("auto", description="table, image, or auto (from the input)")
+    inputs: list[str] = Field(
+        min_length=1,
+        description="tables (CSV/Parquet files, or folders of them); or image batches: folders, IDX/.npz files, "
+        "and loose image files and globs that together form one batch",
+    )
+    model: str | None = Field(
+        None, description="MLflow model URI (default: models:/vae-anomaly@champion, or -images for images)"
+    )
     out: Path = Field(Path("reports"), description="folder for <stem>.anomalies.csv reports")
+    experiment: str = Field("vae-anomaly-scoring", min_length=1, description="MLflow experiment for batch health")
+    # tables only
     label_column: str | None = Field(None, description="0/1 column (1 = anomaly) for precision/recall/AUROC")
     f1_optimal: bool = Field(False, description="with labelled anomalies, flag at the F1-optimal threshold")
-    experiment: str = Field("vae-anomaly-scoring", min_length=1, description="MLflow experiment for batch health")
+    # images only
+    top_k: int = Field(16, ge=0, le=1000, description="images on the contact sheet")
 
-    @model_validator(mode="after")
-    def _f1_needs_labels(self) -> ScoreConfig:
-        if self.f1_optimal and self.label_column is None:
-            raise ValueError("f1_optimal needs label_column")
-        return self
+    _inputs = field_validator("inputs", mode="before")(_paths)
 
     @field_validator("model")
     @classmethod
-    def _model_uri(cls, v: str) -> str:
-        parse_model_uri(v)  # a ModelError (exit 3), not a validation error: the URI names no registry model
+    def _model_uri(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_model_uri(v)  # a ModelError (exit 3), not a validation error: the URI names no registry model
         return v
+
+    @model_validator(mode="after")
+    def _resolve_kind(self) -> ScoreConfig:
+        kind = input_kind(self.inputs[0]) if self.kind == "auto" else self.kind
+        object.__setattr__(self, "kind", kind)
+        if self.model is None:
+            object.__setattr__(self, "model", f"models:/{DEFAULT_MODEL_NAME[kind]}@champion")
+        if self.f1_optimal and self.label_column is None:
+            raise ValueError("f1_optimal needs label_column")
+        if kind == "image":
+            for name in ("label_column", "f1_optimal"):
+                if getattr(self, name):
+                    raise ValueError(f"{name} is an option for tables; this run scores images ({self.inputs[0]})")
+        elif "top_k" in self.model_fields_set:
+            raise ValueError(f"top_k is an option for images; this run scores tables ({self.inputs[0]})")
+        return self
+
+    def model_uri(self) -> str:
+        assert self.model is not None  # set by the validator
+        return self.model
 
 
 class InboxConfig(DaskOptions):
@@ -153,7 +295,8 @@ class InboxConfig(DaskOptions):
     @field_validator("model")
     @classmethod
     def _model_uri(cls, v: str) -> str:
-        return ScoreConfig._model_uri(v)
+        parse_model_uri(v)
+        return v
 
     @field_validator("inbox", "outbox", mode="before")
     @classmethod
@@ -179,52 +322,6 @@ class InboxConfig(DaskOptions):
 
     def manifest_path(self) -> Path:
         return self.manifest if self.manifest is not None else self.outbox / "manifest.sqlite3"
-
-
-class ImageTrainConfig(BaseModel):
-    """Parameters of the ``train_images`` flow (``python -m flows.train --kind image ...``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    data: list[str] = Field(min_length=1, description="normal images: a folder, image files or globs, an IDX or .npz")
-    normal_label: int | None = Field(None, description="with a labelled IDX/.npz file: train on this label only")
-    model_name: str = Field("vae-anomaly-images", pattern=MODEL_NAME, description="registered model name")
-    alias: str = Field("champion", min_length=1, description="alias set on the new model version")
-    experiment: str = Field("vae-anomaly", min_length=1, description="MLflow experiment name")
-    alpha: float = Field(0.01, gt=0, lt=1, description="target false-positive rate of the threshold")
-    max_epochs: int | None = Field(None, ge=1, le=100_000, description="cap on epochs (None: the trainer's 20)")
-    batch_size: int | None = Field(None, ge=1, le=IMAGE_BATCH_MAX)
-    latent_dim: int = Field(16, ge=1, le=1024)
-    likelihood: str = Field("gaussian", pattern="^(gaussian|bernoulli|cbernoulli)$")
-    score_method: str = Field("recon", pattern="^(recon|elbo|iwae)$")
-    n_models: int = Field(1, ge=1, le=20, description="ensemble size")
-    seed: int = Field(0, ge=0, le=SEED_MAX)
-    device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
-
-    @field_validator("alias")
-    @classmethod
-    def _alias(cls, v: str) -> str:
-        return TrainConfig._alias(v)
-
-
-class ImageScoreConfig(FlagRuleOptions):
-    """Parameters of the ``score_images`` flow (``python -m flows.score --kind image ...``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    inputs: list[str] = Field(
-        min_length=1,
-        description="image batches: folders, IDX/.npz files; loose image files and globs together form one batch",
-    )
-    model: str = Field("models:/vae-anomaly-images@champion", description="MLflow model URI")
-    out: Path = Field(Path("reports"), description="folder for <name>.anomalies.csv and contact sheets")
-    top_k: int = Field(16, ge=0, le=1000, description="images on the contact sheet")
-    experiment: str = Field("vae-anomaly-scoring", min_length=1, description="MLflow experiment for batch health")
-
-    @field_validator("model")
-    @classmethod
-    def _model_uri(cls, v: str) -> str:
-        return ScoreConfig._model_uri(v)
 
 
 class RetrainConfig(TrainConfig):
@@ -259,6 +356,8 @@ class RetrainConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _two_aliases(self) -> RetrainConfig:
+        if self.kind != "table":
+            raise ValueError(f"retrain compares table models; {self.data[0]} holds images")
         if self.alias == self.champion_alias:
             raise ValueError(f"the challenger's alias must differ from the champion's, both are {self.alias!r}")
         return self

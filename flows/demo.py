@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         files = make_demo_data(args.data_dir)
         print(f"demo data: {files.train} (training), {files.new_batch} (new batch), {files.labels} (labels)")
         t1 = time.perf_counter()
-        summary = train(TrainConfig(data=files.train, model_name=args.model_name, id_columns=["txn_id"]))
+        summary = train(TrainConfig(kind="table", data=files.train, model_name=args.model_name, id_columns=["txn_id"]))
         t2 = time.perf_counter()
         print(
             f"trained and registered {summary['model_name']} v{summary['version']} @{summary['alias']}: "
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             f"at alpha={summary['alpha']}"
         )
         uri = f"models:/{args.model_name}@champion"
-        [s] = score(ScoreConfig(inputs=[files.new_batch], model=uri, out=args.out))
+        [s] = score(ScoreConfig(kind="table", inputs=files.new_batch, model=uri, out=args.out))
         t3 = time.perf_counter()
         print_summary(s)
         report = pd.read_csv(s["report"], dtype={"txn_id": str})
@@ -80,22 +80,21 @@ def image_demo(data_dir: Path, out: Path, model_name: str) -> int:
     """Digit 0 of scikit-learn's 8x8 digits is normal: train on its PNGs, score a batch of 0s and other digits."""
     from sklearn.metrics import roc_auc_score
 
-    from flows.config import ImageScoreConfig, ImageTrainConfig
-    from flows.score_images import print_summary, score_images
-    from flows.train_images import train_images
+    from flows.score import print_summary, score
+    from flows.train import train
     from pipeline.image_demo import make_digit_images
 
     t0 = time.perf_counter()
     files = make_digit_images(data_dir)
     print(f"\nimage demo data: {files.train} (digit 0, training), {files.new_batch} (new batch), {files.labels}")
-    summary = train_images(ImageTrainConfig(data=[str(files.train)], model_name=model_name, alpha=0.05, max_epochs=30))
+    summary = train(TrainConfig(kind="image", data=files.train, model_name=model_name, alpha=0.05, max_epochs=30))
     t1 = time.perf_counter()
     print(
         f"trained and registered {summary['model_name']} v{summary['version']} @{summary['alias']}: "
         f"{summary['epochs']} epochs on {summary['device']}, {summary['train']} training images "
         f"{summary['image_size']} {summary['image_mode']}, threshold {summary['threshold']:.4g} at alpha=0.05"
     )
-    [s] = score_images(ImageScoreConfig(inputs=[str(files.new_batch)], model=f"models:/{model_name}@champion", out=out))
+    [s] = score(ScoreConfig(kind="image", inputs=files.new_batch, model=f"models:/{model_name}@champion", out=out))
     t2 = time.perf_counter()
     print_summary(s)
     report = pd.read_csv(s["report"]).merge(pd.read_csv(files.labels), on="path", suffixes=("", "_true"))

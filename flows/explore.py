@@ -182,7 +182,7 @@ def check_args(args: Any) -> None:
 
 def explore(args: Any) -> tuple[list[Path], str]:
     """Run one explore command; returns the files written and the MLflow run id."""
-    from flows import image_tracking, tracking
+    from flows import tracking
     from pipeline.errors import ModelError
 
     check_args(args)
@@ -205,7 +205,7 @@ def explore(args: Any) -> tuple[list[Path], str]:
         files, params = latent(det, out, args.images), {"images": " ".join(args.images)}
     else:
         files, params = reconstruct(det, out, args.images), {"images": " ".join(args.images)}
-    run_id = image_tracking.log_explore_run(
+    run_id = tracking.log_explore_run(
         cmd, args.model, files, {**params, "model_version": model.version}, args.experiment
     )
     return files, run_id

@@ -19,11 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Failed
 
 from flows.cli import EXIT_INPUT, ArgumentParser, run
 from flows.config import InboxConfig
-from flows.outcome import UserError, user_errors
 from flows.parallel import run_each
 from flows.settings import redact
 from pipeline import inbox
@@ -66,13 +64,10 @@ SCORERS = {"table": table_scorer}
 
 
 @task(cache_policy=NO_CACHE)
-def find_new(config: InboxConfig) -> list[inbox.Item] | UserError:
+def find_new(config: InboxConfig) -> list[inbox.Item]:
     """The inbox's settled items that the manifest has not seen with this size and mtime."""
-    try:
-        items = inbox.discover(config.inbox, config.kinds, exclude=(config.outbox, config.quarantine_dir()))
-        return inbox.pending(items, manifest_of(config), config.min_age_s)
-    except user_errors() as e:
-        return UserError.of(e)
+    items = inbox.discover(config.inbox, config.kinds, exclude=(config.outbox, config.quarantine_dir()))
+    return inbox.pending(items, manifest_of(config), config.min_age_s)
 
 
 @task(cache_policy=NO_CACHE)
@@ -99,20 +94,19 @@ def score_inbox(config: InboxConfig) -> list[dict[str, Any]]:
     from prefect.runtime import flow_run
 
     items = find_new(config)
-    if isinstance(items, UserError):
-        return Failed(message=items.message, data=[items])  # type: ignore[return-value]
     if not items:
         get_run_logger().info(f"{config.inbox}: no new files")
         return []
     from flows.score import load_model, publish_summary
 
-    model = load_model(config.model)
-    if isinstance(model, UserError):
-        return Failed(message=model.message, data=[model])  # type: ignore[return-value]
+    model = load_model(config.model, "table")
     run_id = str(flow_run.id) if flow_run.id else None
     outcomes = run_each(
         score_item, [{"model": model, "item": i, "config": config, "run_id": run_id} for i in items], config
     )
+    for o in outcomes:
+        if isinstance(o, Exception):  # process_item records every failure of an input: this is a bug
+            raise o
     logger = get_run_logger()
     for o in outcomes:
         logger.info(describe(o))
@@ -121,8 +115,18 @@ def score_inbox(config: InboxConfig) -> list[dict[str, Any]]:
     if summaries or errors:
         publish_summary(summaries, errors, config.experiment)
     if errors:
-        return Failed(message="; ".join(errors), data=outcomes)  # type: ignore[return-value]
+        raise InboxFailed(outcomes)
     return outcomes
+
+
+class InboxFailed(Exception):
+    """Some of the inbox's new files failed or were quarantined: every file's outcome."""
+
+    def __init__(self, outcomes: list[dict[str, Any]]) -> None:
+        failed = [o for o in outcomes if o["status"] in FAILED_STATUSES]
+        super().__init__("; ".join(describe(o) for o in failed))
+        self.outcomes = outcomes
+        self.exit_code = EXIT_INPUT
 
 
 def describe(o: dict[str, Any]) -> str:
@@ -266,24 +270,19 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from(args)
         if schedule is not None:
             return serve(config, schedule, args.name, args.limit)
-        state = score_inbox(config, return_state=True)
-        data = state.result(raise_on_failure=False)
-        if state.is_failed() and not isinstance(data, list):
-            state.result()  # an unexpected failure: re-raise it
-        items = data if isinstance(data, list) else []
-        outcomes = [o for o in items if isinstance(o, dict)]
+        try:
+            outcomes = score_inbox(config)
+        except InboxFailed as e:
+            outcomes = e.outcomes
         counts = {s: sum(o["status"] == s for o in outcomes) for s in dict.fromkeys(o["status"] for o in outcomes)}
         print(f"{config.inbox}: " + (", ".join(f"{n} {s}" for s, n in counts.items()) or "no new files"))
         for o in outcomes:
             if o["status"] == "done":
                 print(f"  {o['path']} -> {o['report']}")
-        errs = [e for e in items if isinstance(e, UserError)]
-        for e in errs:
-            print(f"python -m flows.inbox: error: {redact(e.message)}", file=sys.stderr)
-        failed = [o for o in items if isinstance(o, dict) and o["status"] in FAILED_STATUSES]
+        failed = [o for o in outcomes if o["status"] in FAILED_STATUSES]
         for o in failed:
             print(f"python -m flows.inbox: error: {redact(describe(o))}", file=sys.stderr)
-        return max([e.exit_code for e in errs] + [EXIT_INPUT for _ in failed], default=0)
+        return EXIT_INPUT if failed else 0
 
     return run("python -m flows.inbox", body)
 

@@ -34,14 +34,18 @@ def dask_task_runner(options: DaskOptions) -> Any:
 
 
 def run_each(task: Task[..., Any], calls: list[dict[str, Any]], options: DaskOptions) -> list[Any]:
-    """``task(**kwargs)`` for each of ``calls``; results in the order of ``calls``.
+    """``task(**kwargs)`` for each of ``calls``; each result, or the exception its task raised, in the order
+    of ``calls`` (one failing input does not stop the others).
 
     In order in this process, or submitted all at once to the Dask cluster of ``options``. Call it
     inside a flow.
     """
     runner = dask_task_runner(options)
     if runner is None or not calls:
-        return [task(**kwargs) for kwargs in calls]
+        states = [task(**kwargs, return_state=True) for kwargs in calls]
+        return [s.result(raise_on_failure=False) for s in states]
     with runner:
         futures = [runner.submit(task, kwargs) for kwargs in calls]
-        return [f.result() for f in futures]
+        for f in futures:
+            f.wait()
+        return [f.state.result(raise_on_failure=False) for f in futures]

@@ -16,216 +16,75 @@ from typing import Any, NamedTuple
 import pandas as pd
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Failed
 
 from flows import tracking
-from flows.cli import ArgumentParser, csv_list, flow_failure, run
+from flows.cli import ArgumentParser, csv_list, run
 from flows.config import RetrainConfig
-from flows.outcome import UserError, user_errors
-from flows.settings import redact
-from flows.train import (
-    check_enough_rows,
-    evaluate_labelled,
-    fit_detector,
-    load_training_data,
-    register_model,
-)
-from pipeline.compare import Decision, Evaluation, decide, evaluate, holdout_split
+from flows.train import evaluate_labelled, fit_detector, load_training_data, register_model
+from pipeline.compare import Evaluation, evaluate, holdout_split
 from pipeline.detector import VAEAnomalyDetector
-from pipeline.errors import ModelError
+from pipeline.training import TrainingData, check_enough_rows
 
 
 class Parts(NamedTuple):
-    train: pd.DataFrame
+    train: TrainingData
     holdout: pd.DataFrame
 
 
 @task(cache_policy=NO_CACHE)
-def split_new_data(df: pd.DataFrame, config: RetrainConfig) -> Parts | UserError:
+def split_new_data(det: VAEAnomalyDetector, data: TrainingData, config: RetrainConfig) -> Parts:
     """Hold out rows to compare the models on; check that the rest can still train a challenger."""
-    try:
-        train_part, holdout = holdout_split(df, config.label_column, config.holdout_fraction, config.seed)
-        check_enough_rows(
-            len(train_part),
-            config.alpha,
-            f"{config.data} (after holding out {config.holdout_fraction:.0%} of its normal rows)",
-            config.segment_column,
-        )
-        return Parts(train_part, holdout)
-    except user_errors() as e:
-        return UserError.of(e)
+    train_part, holdout = holdout_split(data.frame, config.label_column, config.holdout_fraction, config.seed)
+    check_enough_rows(
+        det, len(train_part), f"{data.source} (after holding out {config.holdout_fraction:.0%} of its normal rows)"
+    )
+    return Parts(TrainingData(data.source, frame=train_part), holdout)
 
 
-@task(cache_policy=NO_CACHE)
-def load_champion(config: RetrainConfig) -> tracking.ResolvedModel | UserError | None:
+@task(cache_policy=NO_CACHE, **tracking.RETRIES)
+def load_champion(config: RetrainConfig) -> tracking.ResolvedModel | None:
     """The champion version (pinned by number), or None when the model or its champion alias does not exist yet."""
-    try:
-        tracking.setup()
-        version = alias_version(config.model_name, config.champion_alias)
-        return None if version is None else tracking.load_model(f"models:/{config.model_name}/{version}")
-    except user_errors() as e:
-        return UserError.of(e)
+    tracking.setup()
+    version = tracking.alias_version(str(config.model_name), config.champion_alias)
+    return None if version is None else tracking.load_model(f"models:/{config.model_name}/{version}")
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate_model(
-    det: VAEAnomalyDetector, holdout: pd.DataFrame, config: RetrainConfig, who: str
-) -> Evaluation | UserError:
-    try:
-        return evaluate(det, holdout, config.label_column, source=f"{config.data} (held-out rows, {who})")
-    except user_errors() as e:
-        return UserError.of(e)
+def evaluate_model(det: Any, holdout: pd.DataFrame, config: RetrainConfig, who: str) -> Evaluation:
+    return evaluate(det, holdout, config.label_column, source=f"{config.data[0]} (held-out rows, {who})")
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, **tracking.RETRIES)
 def record_decision(
     config: RetrainConfig,
     champion: tracking.ResolvedModel | None,
     challenger_version: str,
     evals: dict[str, Evaluation | None],
-    decision: Decision,
-) -> str | UserError:
-    """Log the decision run, move the champion alias on promotion, tag both versions. Returns the run id."""
-    try:
-        return log_decision(config, None if champion is None else champion.version, challenger_version, evals, decision)
-    except user_errors() as e:
-        return UserError.of(e)
-
-
-def alias_version(name: str, alias: str) -> str | None:
-    """The version ``alias`` points at, or None when the registered model or the alias does not exist.
-
-    Raises:
-        TrackingUnavailable: the tracking server cannot be reached.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = mlflow.MlflowClient().get_registered_model(name)
-    except MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise tracking._translate(e, mlflow.get_tracking_uri()) from e
-    except Exception as e:
-        raise tracking._translate(e, mlflow.get_tracking_uri()) from e
-    version = model.aliases.get(alias)
-    return None if version is None else str(version)
-
-
-def log_decision(
-    config: RetrainConfig,
-    champion_version: str | None,
-    challenger_version: str,
-    evals: dict[str, Evaluation | None],
-    decision: Decision,
+    decision: Any,
 ) -> str:
-    """One run in ``config.decision_experiment`` with both evaluations, the rule and the outcome; the alias
-    move (``set_registered_model_alias`` is one atomic update in the registry); tags on both versions.
-
-    Raises:
-        ModelError: the champion alias moved to another version while this flow ran (nothing is changed).
-        TrackingUnavailable: the tracking server cannot be reached.
-    """
-    import mlflow
-
-    name, uri = config.model_name, mlflow.get_tracking_uri()
-    outcome = "promoted" if decision.promote else "kept"
-    try:
-        tracking.setup(config.decision_experiment)
-        client = mlflow.MlflowClient()
-        with mlflow.start_run(
-            run_name=f"retrain {name}: v{challenger_version} vs "
-            f"{'none' if champion_version is None else 'v' + champion_version}"
-        ) as run:
-            mlflow.log_params(
-                {
-                    "model_name": name,
-                    "champion_version": champion_version or "",
-                    "challenger_version": challenger_version,
-                    "data": str(config.data),
-                    "label_column": config.label_column or "",
-                    "holdout_fraction": config.holdout_fraction,
-                    "margin": config.margin,
-                    "level": config.level,
-                    "rule": decision.rule,
-                }
-            )
-            for who, e in evals.items():
-                if e is not None:
-                    mlflow.log_metrics({f"{who}_{k}": float(v) for k, v in e.to_dict().items() if v is not None})
-            mlflow.log_dict(
-                {
-                    "decision": decision.to_dict(),
-                    "champion_version": champion_version,
-                    "challenger_version": challenger_version,
-                    "evaluations": {k: (v.to_dict() if v else None) for k, v in evals.items()},
-                },
-                "decision.json",
-            )
-            mlflow.set_tags({"outcome": outcome, "rule": decision.rule, "reason": decision.reason[:5000]})
-            if decision.promote:
-                now = alias_version(name, config.champion_alias)
-                if now != champion_version:
-                    mlflow.set_tag("outcome", "not applied: the champion moved")
-                    raise ModelError(
-                        f"the {config.champion_alias} alias of {name} moved to v{now} while this retrain "
-                        f"compared against v{champion_version}: nothing changed, run it again"
-                    )
-                client.set_registered_model_alias(name, config.champion_alias, challenger_version)
-            tags = {
-                "retrain.outcome": outcome,
-                "retrain.rule": decision.rule,
-                "retrain.reason": decision.reason[:5000],
-                "retrain.run_id": run.info.run_id,
-                "retrain.champion_version": champion_version or "",
-            }
-            for k, v in tags.items():
-                client.set_model_version_tag(name, challenger_version, k, v)
-            if champion_version is not None:
-                client.set_model_version_tag(
-                    name,
-                    champion_version,
-                    "retrain.last_challenge",
-                    f"v{challenger_version} {outcome} (run {run.info.run_id})",
-                )
-            return run.info.run_id
-    except ModelError:
-        raise
-    except Exception as e:
-        raise tracking._translate(e, uri) from e
+    """Log the decision run, move the champion alias on promotion, tag both versions. Returns the run id."""
+    return tracking.log_decision(
+        config, None if champion is None else champion.version, challenger_version, evals, decision
+    )
 
 
 @flow(name="retrain", log_prints=True)
 def retrain(config: RetrainConfig) -> dict[str, Any]:
     """Train a challenger on ``config.data``, compare it with the champion on held-out rows, promote if better."""
-    df = load_training_data(config)
-    if isinstance(df, UserError):
-        return _fail(df)
-    parts = split_new_data(df, config)
-    if isinstance(parts, UserError):
-        return _fail(parts)
+    from pipeline.compare import decide
+
+    det = config.detector()
+    data = load_training_data(det, config)
+    parts = split_new_data(det, data, config)
     champion = load_champion(config)  # before training: a missing server or a schema change fails fast
-    if isinstance(champion, UserError):
-        return _fail(champion)
     champion_eval = None if champion is None else evaluate_model(champion.detector, parts.holdout, config, "champion")
-    if isinstance(champion_eval, UserError):
-        return _fail(champion_eval)
-    det = fit_detector(parts.train, config)
-    if isinstance(det, UserError):
-        return _fail(det)
+    det, _ = fit_detector(det, parts.train)
     eval_metrics, anomaly_scores = evaluate_labelled(det, parts.train)
-    reg = register_model(det, config, eval_metrics, anomaly_scores)
-    if isinstance(reg, UserError):
-        return _fail(reg)
+    reg = register_model(det, parts.train, config, eval_metrics, anomaly_scores)
     challenger_eval = evaluate_model(det, parts.holdout, config, "challenger")
-    if isinstance(challenger_eval, UserError):
-        return _fail(challenger_eval)
     decision = decide(challenger_eval, champion_eval, config.margin, config.level)
     evals = {"champion": champion_eval, "challenger": challenger_eval}
     run_id = record_decision(config, champion, reg.version, evals, decision)
-    if isinstance(run_id, UserError):
-        return _fail(run_id)
     print(decision.reason)
     return {
         "model_name": config.model_name,
@@ -237,12 +96,8 @@ def retrain(config: RetrainConfig) -> dict[str, Any]:
         "champion": None if champion_eval is None else champion_eval.to_dict(),
         "challenger": challenger_eval.to_dict(),
         "decision_run_id": run_id,
-        "tracking_uri": redact(tracking.tracking_uri()),
+        "tracking_uri": tracking.redact(tracking.tracking_uri()),
     }
-
-
-def _fail(err: UserError) -> Any:
-    return Failed(message=err.message, data=err)
 
 
 def build_parser() -> ArgumentParser:
@@ -284,7 +139,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-epochs", type=int, default=None, help="cap on epochs (default: the trainer's budget)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--latent-dim", type=int, default=None)
-    p.add_argument("--trim-fraction", type=float, default=0.0)
+    p.add_argument("--trim-fraction", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return p
@@ -314,12 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        config = RetrainConfig(**vars(args))
-        state = retrain(config, return_state=True)
-        failed = flow_failure("python -m flows.retrain", state)
-        if failed is not None:
-            return failed
-        print_outcome(state.result())
+        config = RetrainConfig(**{k: v for k, v in vars(args).items() if v is not None and v != []})
+        print_outcome(retrain(config))
         return 0
 
     return run("python -m flows.retrain", body)

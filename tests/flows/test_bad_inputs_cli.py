@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 
 from flows.config import TrainConfig
-from flows.train import check_enough_rows, fit_detector
+from flows.train import fit_detector
+from pipeline.detector import VAEAnomalyDetector
 from pipeline.errors import InputError
 from pipeline.split import split_rows
+from pipeline.training import TrainingData, check_enough_rows
 from tests.conftest import make_table
 from tests.flows.test_cli import _run
 from tests.pipeline.test_bad_inputs import BAD_SCORING_INPUTS, _bad_file
@@ -114,14 +116,15 @@ def test_train_cli_refuses_a_value_that_breaks_training_with_one_line(session_ho
 
 
 def test_train_flow_checks_rows_before_training():
-    check_enough_rows(30, 0.05, "t.csv")
+    det = VAEAnomalyDetector(alpha=0.05)
+    check_enough_rows(det, 30, "t.csv")
     for n in (0, 9):
         with pytest.raises(InputError) as e:
-            check_enough_rows(n, 0.05, "t.csv")
+            check_enough_rows(det, n, "t.csv")
         assert str(e.value) == f"t.csv: {n} rows, but training needs at least 10: give more rows"
     for n in (10, 29):
         with pytest.raises(InputError) as e:
-            check_enough_rows(n, 0.05, "t.csv")
+            check_enough_rows(det, n, "t.csv")
         assert str(e.value) == (
             f"t.csv: alpha=0.05 needs at least 30 normal training rows, got {n}: give at least 30 rows or raise alpha"
         )
@@ -130,9 +133,11 @@ def test_train_flow_checks_rows_before_training():
 def test_fit_task_turns_an_overflowing_loss_into_a_named_input_error(tmp_path):
     df, _ = make_table(200, seed=4)
     df.loc[3, "a"] = -1e300
-    err = fit_detector.fn(df, TrainConfig(data=tmp_path / "x.csv", id_columns=["id"], alpha=0.1, max_epochs=2))
-    assert err.exit_code == 2
-    assert "x.csv: training failed" in err.message and "column 'a' row 3 holds -1e+300" in err.message
+    config = TrainConfig(data=tmp_path / "x.csv", id_columns=["id"], alpha=0.1, max_epochs=2)
+    with pytest.raises(InputError) as err:
+        fit_detector.fn(config.detector(), TrainingData(str(tmp_path / "x.csv"), frame=df))
+    assert err.value.exit_code == 2
+    assert "x.csv: training failed" in str(err.value) and "column 'a' row 3 holds -1e+300" in str(err.value)
 
 
 def test_unknown_model_name_alias_or_version_is_a_model_error(registered_model):

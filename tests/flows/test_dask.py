@@ -47,7 +47,7 @@ def test_a_partitioned_dataset_scored_on_a_two_worker_cluster_matches_scoring_in
     original = DaskTaskRunner.submit
 
     def spy(self, task, parameters, *args, **kwargs):
-        submitted.append(Path(parameters["path"]).name)
+        submitted.append(Path(parameters["source"]).name)
         return original(self, task, parameters, *args, **kwargs)
 
     monkeypatch.setattr(DaskTaskRunner, "submit", spy)

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from flows.config import ScoreConfig, TrainConfig
-from flows.score import score
+from flows.score import BatchFailed, score
 from flows.tracking import load_model
 from flows.train import train
-from pipeline.errors import ModelError
+from pipeline.errors import InputError, ModelError
 from tests.conftest import make_table
 
 
@@ -54,40 +54,39 @@ def test_score_flow_fails_cleanly_on_a_bad_file_and_scores_the_good_one(
     good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
     df.to_csv(good, index=False)
     df.drop(columns=["a"]).to_csv(bad, index=False)
-    state = score(
-        ScoreConfig(inputs=[good, bad], model="models:/test-model@champion", out=tmp_path / "o"), return_state=True
-    )
-    assert state.is_failed()
-    assert "bad.csv: missing column(s) ['a']" in state.message
+    with pytest.raises(BatchFailed) as failed:
+        score(ScoreConfig(inputs=[good, bad], model="models:/test-model@champion", out=tmp_path / "o"))
+    assert "bad.csv: missing column(s) ['a']" in str(failed.value) and failed.value.exit_code == 2
+    assert [s["input"] for s in failed.value.summaries] == [str(good)]
     assert (tmp_path / "o" / "good.anomalies.csv").is_file()
     assert not (tmp_path / "o" / "bad.anomalies.csv").exists()
 
 
 def test_unknown_alias_is_a_model_error(registered_model, prefect_harness, tmp_path):
-    state = score(
-        ScoreConfig(inputs=[tmp_path / "x.csv"], model="models:/test-model@nope", out=tmp_path), return_state=True
-    )
-    assert state.is_failed() and "models:/test-model@nope not found in the registry" in state.message
+    (tmp_path / "x.csv").write_text("a\n1\n")
+    with pytest.raises(ModelError, match="models:/test-model@nope not found in the registry"):
+        score(ScoreConfig(inputs=[tmp_path / "x.csv"], model="models:/test-model@nope", out=tmp_path))
 
 
 def test_train_flow_reports_bad_data_without_registering(prefect_harness, tmp_path):
     df, _ = make_table(60, seed=4)
     p = tmp_path / "small.csv"
     df.to_csv(p, index=False)
-    state = train(TrainConfig(data=p, model_name="never-registered", id_columns=["id"]), return_state=True)
-    assert state.is_failed() and "alpha=0.01 needs at least 99 normal training rows, got 60" in state.message
+    with pytest.raises(InputError, match=r"alpha=0\.01 needs at least 99 normal training rows, got 60"):
+        train(TrainConfig(data=p, model_name="never-registered", id_columns=["id"]))
     assert mlflow.MlflowClient().search_registered_models("name='never-registered'") == []
 
 
 def test_load_model_tasks_can_run_without_prefect(registered_model):
-    from flows.outcome import UserError
     from flows.score import load_model as load_model_task
 
-    model = load_model_task.fn("models:/test-model@champion")  # the task's body, no flow run
-    assert not isinstance(model, UserError)
+    model = load_model_task.fn("models:/test-model@champion", "table")  # the task's body, no flow run
     assert model.version == registered_model["version"] and model.detector.threshold_ > 0
-    missing = load_model_task.fn("models:/test-model@no-such-alias")
-    assert isinstance(missing, UserError) and missing.exit_code == 3 and "no-such-alias" in missing.message
+    with pytest.raises(ModelError, match="no-such-alias") as missing:
+        load_model_task.fn("models:/test-model@no-such-alias")
+    assert missing.value.exit_code == 3
+    with pytest.raises(InputError, match="the inputs are images but model models:/test-model@champion is a table"):
+        load_model_task.fn("models:/test-model@champion", "image")
 
 
 def test_configs_reject_unknown_fields_and_bad_values():
@@ -140,14 +139,13 @@ def test_score_flow_f1_optimal_without_anomalies_keeps_the_fpr_rule(
 
 
 def test_train_config_maps_onto_the_trainer_defaults():
-    from flows.train import trainer_config
     from vae.config import TrainConfig as TrainerConfig
 
-    cfg = trainer_config(TrainConfig(data=Path("x.csv"), trim_fraction=0.05, seed=3))
+    cfg = TrainConfig(data=Path("x.csv"), trim_fraction=0.05, seed=3).trainer_config()
     default = TrainerConfig(seed=3)
     assert cfg.trim_fraction == 0.05 and cfg.seed == 3
     assert (cfg.max_epochs, cfg.batch_size, cfg.lr) == (default.max_epochs, default.batch_size, default.lr)
-    assert trainer_config(TrainConfig(data=Path("x.csv"), max_epochs=7)).max_epochs == 7
+    assert TrainConfig(data=Path("x.csv"), max_epochs=7).trainer_config().max_epochs == 7
 
 
 def test_train_flow_with_a_segment_column_logs_each_segments_threshold(prefect_harness, tmp_path):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -398,7 +399,7 @@ def test_score_inbox_flow_scores_new_files_once_and_quarantines_a_bad_one(
     registered_model, prefect_harness, test_table, box
 ):
     from flows.config import InboxConfig
-    from flows.inbox import score_inbox
+    from flows.inbox import InboxFailed, score_inbox
 
     df, _ = test_table
     df.head(50).to_csv(box["inbox"] / "good.csv", index=False)
@@ -410,9 +411,9 @@ def test_score_inbox_flow_scores_new_files_once_and_quarantines_a_bad_one(
     config = InboxConfig(
         inbox=box["inbox"], outbox=box["outbox"], model="models:/test-model@champion", max_attempts=1, min_age_s=1
     )
-    state = score_inbox(config, return_state=True)
-    assert state.is_failed() and "bad.csv: quarantined" in state.message
-    outcomes = {o["path"]: o for o in state.result(raise_on_failure=False)}
+    with pytest.raises(InboxFailed, match=r"bad\.csv: quarantined") as failed:
+        score_inbox(config)
+    outcomes = {o["path"]: o for o in failed.value.outcomes}
     assert {k: o["status"] for k, o in outcomes.items()} == {
         "bad.csv": "quarantined",
         "good.csv": "done",
@@ -424,7 +425,8 @@ def test_score_inbox_flow_scores_new_files_once_and_quarantines_a_bad_one(
     assert "missing column(s) ['a']" in (box["quarantine"] / "bad.csv.reason.txt").read_text()
     entries = {e.path: e for e in Manifest(config.manifest_path()).entries()}
     assert entries["good.csv"].model_version == registered_model["version"]
-    assert entries["good.csv"].run_id == str(state.state_details.flow_run_id)
+    run_id = entries["good.csv"].run_id  # the flow run's id, the same for every file it scored
+    assert uuid.UUID(run_id) and entries["nested/good2.parquet"].run_id == entries["bad.csv"].run_id == run_id
     assert score_inbox(config) == []  # nothing new: not scored twice
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.image_kind import split_kind
+from flows.config import input_kind
 
 
 def test_a_folder_of_parquet_parts_is_a_table_dataset_and_a_folder_of_pngs_is_images(tmp_path):
@@ -15,6 +15,6 @@ def test_a_folder_of_parquet_parts_is_a_table_dataset_and_a_folder_of_pngs_is_im
     (tmp_path / "photos" / "notes.csv").write_text("a\n1\n")  # a stray table beside images: still images
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert split_kind([str(tmp_path / "sales"), "--out", "r"])[0] == "table"
-    assert split_kind([str(tmp_path / "photos")])[0] == "image"
-    assert split_kind([str(empty)])[0] == "image"  # so an empty image folder gets the image error
+    assert input_kind(str(tmp_path / "sales")) == "table"
+    assert input_kind(str(tmp_path / "photos")) == "image"
+    assert input_kind(str(empty)) == "image"  # so an empty image folder gets the image error

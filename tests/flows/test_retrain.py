@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 
 from flows.config import RetrainConfig
-from flows.retrain import alias_version, main, retrain
+from flows.retrain import main, retrain
+from flows.tracking import alias_version
+from pipeline.errors import InputError
 from tests.conftest import make_table
 from tests.flows.test_tracking_errors import harness_env
 
@@ -109,10 +111,8 @@ def test_retrain_promotes_a_better_challenger_and_keeps_the_champion_against_a_w
 def test_retrain_refuses_a_champion_that_cannot_score_the_new_data_before_training(registered_model, tmp_path):
     data = tmp_path / "renamed.csv"
     make_table(300, seed=34)[0].rename(columns={"b": "beta"}).to_csv(data, index=False)
-    state = retrain(
-        RetrainConfig(data=data, model_name="test-model", id_columns=["id"], alpha=0.1, max_epochs=2), return_state=True
-    )
-    assert state.is_failed() and "(held-out rows, champion): missing column(s) ['b']" in state.message
+    with pytest.raises(InputError, match=r"\(held-out rows, champion\): missing column\(s\) \['b'\]"):
+        retrain(RetrainConfig(data=data, model_name="test-model", id_columns=["id"], alpha=0.1, max_epochs=2))
     assert alias_version("test-model", "challenger") is None  # nothing was trained or registered
 
 

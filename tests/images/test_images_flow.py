@@ -7,32 +7,35 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.image_kind import split_kind
+from flows.config import ScoreConfig, TrainConfig, input_kind
 
 
 @pytest.fixture(scope="session")
 def registered_image_model(prefect_harness, digit_files) -> dict:
     """Train + register once through the real train-images flow."""
-    from flows.config import ImageTrainConfig
-    from flows.train_images import train_images
+    from flows.train import train
 
-    return train_images(
-        ImageTrainConfig(
-            data=[str(digit_files.train)], model_name="test-images", alpha=0.05, max_epochs=8, device="cpu"
-        )
-    )
+    return train(TrainConfig(data=digit_files.train, model_name="test-images", alpha=0.05, max_epochs=8, device="cpu"))
 
 
 def test_kind_is_detected_from_the_input_or_given(tmp_path, digit_files):
-    assert split_kind(["--data", "x.csv", "--alpha", "0.1"]) == ("table", ["--data", "x.csv", "--alpha", "0.1"])
-    assert split_kind([str(digit_files.train), "--alpha", "0.1"])[0] == "image"
-    assert split_kind(["--out", "r", "t10k-images-idx3-ubyte.gz"])[0] == "image"
-    assert split_kind(["--model", "models:/m@a", "a.csv"])[0] == "table"
-    assert split_kind(["photos/**/*.jpg"])[0] == "image" and split_kind(["data/*.csv"])[0] == "table"
-    assert split_kind(["b.npz", "--kind", "image"]) == ("image", ["b.npz"])
-    assert split_kind(["--kind=table", "d/"]) == ("table", ["d/"])
-    with pytest.raises(SystemExit):
-        split_kind(["--kind", "audio"])
+    assert input_kind("x.csv") == "table" and input_kind(str(digit_files.train)) == "image"
+    assert input_kind("t10k-images-idx3-ubyte.gz") == "image" and input_kind("b.npz") == "table"
+    assert input_kind("photos/**/*.jpg") == "image" and input_kind("data/*.csv") == "table"
+    assert TrainConfig(data="x.csv").kind == "table" and TrainConfig(data="x.csv").model_name == "vae-anomaly"
+    images = TrainConfig(data=str(digit_files.train))
+    assert images.kind == "image" and images.model_name == "vae-anomaly-images"
+    assert (
+        TrainConfig(data="b.npz", kind="image").kind == "image"
+        and ScoreConfig(inputs="d/", kind="table").kind == "table"
+    )
+    assert ScoreConfig(inputs=str(digit_files.train)).model == "models:/vae-anomaly-images@champion"
+    with pytest.raises(ValueError, match="kind"):
+        TrainConfig(data="x.csv", kind="audio")
+    with pytest.raises(ValueError, match="segment_column is an option for tables; this run trains on images"):
+        TrainConfig(data=str(digit_files.train), segment_column="region")
+    with pytest.raises(ValueError, match="top_k is an option for images"):
+        ScoreConfig(inputs="x.csv", top_k=3)
 
 
 def test_train_flow_registers_an_image_model(registered_image_model):
@@ -49,13 +52,12 @@ def test_train_flow_registers_an_image_model(registered_image_model):
 def test_score_flow_writes_report_and_contact_sheet_and_pyfunc_agrees(
     registered_image_model, prefect_harness, digit_files, tmp_path, monkeypatch
 ):
-    from flows.config import ImageScoreConfig
-    from flows.score_images import score_images
+    from flows.score import score
 
     (digit_files.new_batch / "zz_corrupt.png").write_bytes(b"not a png")
     try:
-        [s] = score_images(
-            ImageScoreConfig(
+        [s] = score(
+            ScoreConfig(
                 inputs=[str(digit_files.new_batch)], model="models:/test-images@champion", out=tmp_path, top_k=4
             )
         )
@@ -96,7 +98,7 @@ def test_image_input_with_a_table_model_is_an_input_error(prefect_harness, digit
     monkeypatch.setattr(tracking, "load_model", lambda uri: tracking.ResolvedModel(VAEAnomalyDetector(), uri, "t", "1"))
     assert main([str(digit_files.new_batch), "--model", "models:/table@champion"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "but model models:/table@champion is a table model" in err[0]
+    assert len(err) == 1 and "the inputs are images but model models:/table@champion is a table model" in err[0]
 
 
 @pytest.mark.parametrize("command", ["samples", "interpolate", "latent", "reconstruct"])
