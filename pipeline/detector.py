@@ -27,6 +27,7 @@ from pipeline.segments import Segments, segment_values
 from pipeline.split import Split, cross_folds, member_folds, split_rows
 from vae.config import ModelConfig, TrainConfig
 from vae.elbo import TABULAR
+from vae.fit_plan import TrainHistory
 from vae.model import MISSING, TabularBatch, TabularVAE
 from vae.score import (
     SCORE_METHODS,
@@ -38,7 +39,7 @@ from vae.score import (
     posterior_means,
     score_pass,
 )
-from vae.trainer import TrainHistory, fit_members
+from vae.trainer import fit_members
 
 log = logging.getLogger(__name__)
 
