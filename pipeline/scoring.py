@@ -45,7 +45,8 @@ import torch
 
 from pipeline.attribution import attribution_columns
 from pipeline.calibrate import p_values
-from pipeline.detector import SCORE_CHUNK, Explanation, VAEAnomalyDetector
+from pipeline.detector import VAEAnomalyDetector
+from pipeline.detector_scoring import SCORE_CHUNK, Explanation
 from pipeline.errors import InputError
 from pipeline.health import KSCounter, batch_health
 from pipeline.io import iter_table, sha256_file
