@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.tabular import add_protocol_arguments, default_data_dir, find_datasets, load_dataset, split
+from benchmarks.protocol import add_protocol_arguments, default_data_dir, find_datasets, load_dataset, split
 
 # cosine-decayed lr from 3e-3 over the whole budget, no early stop, best validation snapshot after 50 epochs
 _COS: dict[str, Any] = {"lr": 3e-3, "lr_schedule": "cosine", "min_epochs": 50, "patience": 100000}

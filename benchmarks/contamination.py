@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.tabular import add_protocol_arguments, default_data_dir, find_datasets, load_dataset, split
+from benchmarks.protocol import add_protocol_arguments, default_data_dir, find_datasets, load_dataset, split
 
 
 def contaminated_split(y: np.ndarray, seed: int, rate: float) -> tuple[np.ndarray, np.ndarray, int]:

@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.tabular import cpu_name
+from benchmarks.machine import cpu_name
 
 BIN = Path(sys.executable).parent
 MODEL_NAME = "bench-rest"

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.tabular import cpu_name
+from benchmarks.machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 BYTES_PER_CELL = 9  # measured: 4-decimal values of the mixture average 8-9 characters with the comma

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.detector import Explanation, VAEAnomalyDetector
+from pipeline.detector import VAEAnomalyDetector
+from pipeline.detector_scoring import Explanation
 
 TOP_K = 3
 MIN_SHARE = 0.01

@@ -34,7 +34,7 @@ from pipeline.density import DensityTerms, finite_references, reference_rows, ro
 from pipeline.errors import InputError, ModelError
 from pipeline.model_files import CAL_FILE, WEIGHTS_FILE, restore_members, write_model_files
 from pipeline.segments import Segments
-from vae.trainer import TrainHistory
+from vae.fit_plan import TrainHistory
 
 # Version 3: the calibration rule and, for cross-conformal models, each member's out-of-fold scores are written;
 # models of versions 1 and 2 (never released) are refused.

@@ -29,7 +29,8 @@ from pipeline.errors import InputError, ModelError
 from pipeline.split import split_rows
 from vae.config import ImageTrainConfig
 from vae.conv import CONV, IMAGE_LIKELIHOODS, IMAGE_SCORE_METHODS, ConvVAE, ConvVAEConfig, reconstruct, score_images
-from vae.trainer import TrainHistory, fit_members
+from vae.fit_plan import TrainHistory
+from vae.trainer import fit_members
 
 META_FILE = "image_detector.json"  # its presence marks an image model folder
 CHUNK = 1024

@@ -20,18 +20,10 @@ import pandas as pd
 
 from pipeline.errors import InputError
 from pipeline.health import batch_health
+from pipeline.image_decode import IMAGE_FORMATS, decode_error, decode_image, decode_image_bytes
 from pipeline.image_detector import ImageVAEDetector
 from pipeline.image_plots import contact_sheet
-from pipeline.images import (
-    IMAGE_FORMATS,
-    ImageSet,
-    batch_name,
-    decode_error,
-    decode_image,
-    decode_image_bytes,
-    digest,
-    read_images,
-)
+from pipeline.images import ImageSet, batch_name, digest, read_images
 from pipeline.metrics import labelled_metrics
 from pipeline.paths import confined_file
 from pipeline.report import REPORT_SUFFIX, write_csv_atomic

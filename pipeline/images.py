@@ -14,31 +14,24 @@ to the model's (height, width) with Pillow's bilinear filter, ignoring the aspec
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
-import io
 import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from pipeline.errors import InputError
+from pipeline.image_arrays import ARRAY_SUFFIXES, IDX_PATTERN, read_idx, read_idx_labels, read_npz
+from pipeline.image_decode import IMAGE_SUFFIXES, decode_error, decode_image, to_unit
 from pipeline.paths import regular_file
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-ARRAY_SUFFIXES = (".npz",)
-IDX_PATTERN = re.compile(r"-idx3-ubyte(\.gz)?$")
-IDX_LABELS = re.compile(r"-images-idx3-ubyte(\.gz)?$")
 _GLOB_CHARS = re.compile(r"[*?\[]")
-NPZ_IMAGE_KEYS = ("images", "x", "X")
-NPZ_LABEL_KEYS = ("labels", "y")
 
 
 @dataclass
@@ -167,180 +160,13 @@ def _common_parts(paths: Iterable[Path]) -> tuple[str, ...]:
     return tuple(common)
 
 
-# ------------------------------------------------------------------ decoding
-def _to_unit(arr: np.ndarray) -> np.ndarray:
-    """Pixels as float32 in [0, 1]."""
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and arr.max(initial=0) > 255):
-        return np.clip(arr.astype(np.float32) / 65535.0, 0.0, 1.0)
-    if arr.dtype.kind in "iu":
-        return arr.astype(np.float32) / 255.0
-    return np.clip(arr.astype(np.float32), 0.0, 1.0)
-
-
-IMAGE_FORMATS = ("PNG", "JPEG", "BMP")
-"""Pillow formats accepted from image bytes (:func:`decode_image_bytes`): those of ``IMAGE_SUFFIXES``."""
-
-
-def decode_image(
-    source: Path | BinaryIO,
-    mode: str | None,
-    size: tuple[int, int] | None,
-    formats: Sequence[str] | None = None,
-) -> tuple[np.ndarray, list[str]]:
-    """One image (a file's path, or a binary file object) as (C, H, W) float32 in [0, 1], converted to ``mode``
-    ("L" or "RGB") and ``size`` (H, W).
-
-    With ``mode`` None the image keeps grey (1 channel) or colour (3 channels) as it is; with ``size`` None
-    it keeps its size; with ``formats`` (Pillow format names) other formats are not tried. Returns the pixels
-    and the conversions applied ("resized 30x30->28x28", ...).
-
-    Raises:
-        OSError, ValueError: the image cannot be decoded (Pillow's error).
-    """
-    from PIL import Image
-
-    notes = []
-    with Image.open(source, formats=None if formats is None else list(formats)) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit or float grey: scale by hand
-            grey = Image.fromarray((_to_unit(np.asarray(im)) * 255.0 + 0.5).astype(np.uint8))
-            im = grey
-        target = mode or ("L" if _is_grey(im) else "RGB")
-        if im.mode != target:
-            if im.mode not in ("L", "1") or target != "L":
-                notes.append(f"converted {im.mode}->{target}")
-            im = im.convert(target)
-        if size is not None and (im.height, im.width) != tuple(size):
-            notes.append(f"resized {im.height}x{im.width}->{size[0]}x{size[1]}")
-            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        arr = _to_unit(np.asarray(im))
-    arr = arr[None] if arr.ndim == 2 else np.transpose(arr, (2, 0, 1))
-    return np.ascontiguousarray(arr, dtype=np.float32), notes
-
-
-def decode_error(e: Exception) -> str:
-    """One line saying why Pillow could not decode an image: its error's type and first line."""
-    text = str(e).splitlines()[0][:200] if str(e) else ""
-    return f"cannot decode image: {type(e).__name__}: {text}"
-
-
-def decode_image_bytes(data: bytes, mode: str | None, size: tuple[int, int] | None) -> tuple[np.ndarray, list[str]]:
-    """One PNG, JPEG or BMP image from its encoded bytes, converted as :func:`decode_image` converts a file.
-
-    Raises:
-        OSError, ValueError: the bytes are not such an image (Pillow's error).
-    """
-    return decode_image(io.BytesIO(data), mode, size, IMAGE_FORMATS)
-
-
-def _is_grey(im: object) -> bool:
-    """Grey modes, or a colour image whose three channels are equal everywhere."""
-    mode = im.mode  # type: ignore[attr-defined]
-    if mode in ("1", "L", "LA", "I", "F"):
-        return True
-    rgb = np.asarray(im.convert("RGB"))  # type: ignore[attr-defined]
-    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
-
-
-def _read_maybe_gzip(path: Path) -> bytes:
-    if path.name.endswith(".gz"):
-        with gzip.open(path) as f:
-            return f.read()
-    return path.read_bytes()
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX image file (optionally gzip) as (n, H, W) uint8, at least one image of at least 1x1 pixels.
-
-    Raises:
-        InputError: not a regular file, not an IDX3 uint8 file (names the magic number found), 0 images or
-            0 pixels per image in its header, or truncated.
-    """
-    path = regular_file(path, "IDX file")
-    try:
-        raw = _read_maybe_gzip(path)
-    except (OSError, EOFError) as e:
-        raise InputError(f"cannot read IDX file {path}: {e}") from e
-    if len(raw) < 16:
-        raise InputError(f"{path} is not an IDX image file: {len(raw)} bytes, expected a 16-byte header")
-    magic, n, h, w = (int.from_bytes(raw[i : i + 4], "big") for i in range(0, 16, 4))
-    if magic != 2051:
-        raise InputError(f"{path} is not an IDX image file: magic number {magic}, expected 2051 (0x00000803)")
-    if n == 0:
-        raise InputError(f"{path} holds 0 images: its header says 0 images of {h}x{w}; give a file with images")
-    if h == 0 or w == 0:
-        raise InputError(f"{path} holds images of {h}x{w} pixels (its header): an image needs at least 1x1 pixels")
-    if len(raw) != 16 + n * h * w:
-        raise InputError(
-            f"{path} is truncated: header says {n} images of {h}x{w} ({16 + n * h * w} bytes), "
-            f"file has {len(raw)} bytes"
-        )
-    return np.frombuffer(raw, np.uint8, offset=16).reshape(n, h, w)
-
-
-def read_idx_labels(images_path: Path) -> np.ndarray | None:
-    """Labels of an IDX image file from its sibling ``*-labels-idx1-ubyte[.gz]``, or None."""
-    stem = IDX_LABELS.sub("", images_path.name)
-    for suffix in ("-labels-idx1-ubyte.gz", "-labels-idx1-ubyte"):
-        p = images_path.with_name(stem + suffix)
-        if p.is_file():
-            raw = _read_maybe_gzip(p)
-            if int.from_bytes(raw[:4], "big") == 2049:
-                return np.frombuffer(raw, np.uint8, offset=8).astype(np.int64)
-    return None
-
-
-def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Images (n, H, W) or (n, H, W, C) and optional labels from an .npz file.
-
-    The images are the array named ``images``, ``x`` or ``X`` (else the only 3-D/4-D array); labels are
-    ``labels`` or ``y`` when present.
-
-    Raises:
-        InputError: not a regular file, unreadable, no image array, an array of the wrong shape, 0 images,
-            or images of 0 pixels.
-    """
-    path = regular_file(path, ".npz file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read {path} as .npz: {e}") from e
-    key = next((k for k in NPZ_IMAGE_KEYS if k in arrays), None)
-    if key is None:
-        cands = [k for k, a in arrays.items() if a.ndim in (3, 4)]
-        if len(cands) != 1:
-            raise InputError(
-                f"{path}: expected an image array named one of {list(NPZ_IMAGE_KEYS)}, found arrays {sorted(arrays)}"
-            )
-        key = cands[0]
-    x = arrays[key]
-    if not (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] in (1, 3))):
-        raise InputError(f"{path}: array {key!r} has shape {x.shape}, expected (n, H, W) or (n, H, W, 1|3)")
-    if len(x) == 0:
-        raise InputError(f"{path} holds 0 images: array {key!r} has shape {x.shape}; give a file with images")
-    if 0 in x.shape[1:3]:
-        raise InputError(
-            f"{path}: array {key!r} has shape {x.shape}: images of {x.shape[1]}x{x.shape[2]} pixels, "
-            "an image needs at least 1x1 pixels"
-        )
-    if x.dtype.kind not in "uif":
-        raise InputError(f"{path}: array {key!r} has dtype {x.dtype}, expected integers or floats")
-    lab = next((arrays[k] for k in NPZ_LABEL_KEYS if k in arrays), None)
-    if lab is not None and len(lab) != len(x):
-        lab = None
-    return x, (None if lab is None else np.asarray(lab).astype(np.int64))
-
-
 def _arrays_to_set(
     root: Path, x: np.ndarray, labels: np.ndarray | None, mode: str | None, size: tuple[int, int] | None
 ) -> ImageSet:
     """(n, H, W[, C]) pixel array -> ImageSet, converted to mode / size with the same rule as files."""
     from PIL import Image
 
-    unit = _to_unit(x)
+    unit = to_unit(x)
     unit = unit[:, None] if unit.ndim == 3 else np.transpose(unit, (0, 3, 1, 2))
     notes = []
     if mode == "RGB" and unit.shape[1] == 1:

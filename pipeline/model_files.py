@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from pipeline.segments import Segments
-from vae.trainer import TrainHistory, resolve_device
+from vae.fit_plan import TrainHistory
+from vae.trainer import resolve_device
 
 WEIGHTS_FILE = "weights.pt"
 CAL_FILE = "calibration_scores.npy"

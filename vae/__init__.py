@@ -4,9 +4,10 @@ Only torch and numpy are imported here: this package runs on a bare GPU box.
 """
 
 from vae.config import ImageTrainConfig, ModelConfig, TrainConfig
+from vae.fit_plan import FitPlan, TrainHistory
 from vae.model import TabularBatch, TabularVAE
 from vae.score import score_batches
-from vae.trainer import FitPlan, TrainHistory, fit_members, fit_one
+from vae.trainer import fit_members, fit_one
 
 __all__ = [
     "FitPlan",

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from vae.trainer import FitPlan
+    from vae.fit_plan import FitPlan
 
 LIKELIHOODS = ("gaussian", "student_t", "laplace")
 
@@ -207,7 +207,7 @@ class TrainConfig:
 
     def plan(self, n_train: int) -> FitPlan:
         """The trainer's settings for members of ``n_train`` training rows (float32 on every device)."""
-        from vae.trainer import FitPlan
+        from vae.fit_plan import FitPlan
 
         epochs, patience = self.resolved_epochs(n_train)
         return FitPlan(
@@ -287,7 +287,7 @@ class ImageTrainConfig:
     def plan(self, n_train: int) -> FitPlan:
         """The trainer's settings for ``n_train`` training images (bf16 steps on CUDA, and on the CPU with
         ``cpu_bf16``)."""
-        from vae.trainer import FitPlan
+        from vae.fit_plan import FitPlan
 
         return FitPlan(
             batch_size=self.resolved_batch_size(n_train),

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vae.trainer import ModelKind, fixed_eps
+from vae.fit_plan import ModelKind
+from vae.trainer import fixed_eps
 
 IMAGE_LIKELIHOODS = ("bernoulli", "cbernoulli", "gaussian")
 IMAGE_SCORE_METHODS = ("recon", "elbo", "iwae")

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vae.fit_plan import ModelKind
 from vae.model import MISSING, UNSEEN, TabularBatch, TabularVAE
-from vae.trainer import ModelKind
 
 _LOG_2PI = math.log(2.0 * math.pi)
 

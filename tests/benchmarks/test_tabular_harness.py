@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.calibration import check
-from benchmarks.tabular import main, split
+from benchmarks.protocol import split
+from benchmarks.tabular import main
 
 COLUMNS = [
     "dataset",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import inbox
+from pipeline import inbox, inbox_discovery
 from pipeline.errors import InputError
 from pipeline.manifest import Claim, Fingerprint, Manifest, Skip, owner_alive, this_owner
 from tests.flows.test_bad_inputs_cli import cli_within
@@ -69,7 +69,9 @@ def box(tmp_path: Path) -> dict[str, Path]:
 
 
 def _run(box: dict[str, Path], manifest: Manifest, scorer, min_age_s: float = 1.0) -> list[inbox.Outcome]:
-    items = inbox.pending(inbox.discover(box["inbox"], exclude=(box["outbox"],)), manifest, min_age_s)
+    items = inbox_discovery.pending(
+        inbox_discovery.discover(box["inbox"], exclude=(box["outbox"],)), manifest, min_age_s
+    )
     return [inbox.process_item(i, manifest, scorer, box["outbox"], box["quarantine"]) for i in items]
 
 
@@ -98,7 +100,7 @@ def test_one_claim_wins_among_threads(tmp_path):
 _WORKER = """
 import sys, time
 from pathlib import Path
-from pipeline import inbox
+from pipeline import inbox, inbox_discovery
 from pipeline.manifest import Manifest
 root, n = Path(sys.argv[1]), sys.argv[2]
 (root / f"ready-{n}").touch()
@@ -111,8 +113,9 @@ def score(path, out_dir):
     time.sleep(0.02)
     report = out_dir / (path.stem + ".anomalies.csv")
     report.write_text(n)
-    return {"report": str(report), "input_sha256": inbox.fingerprint(inbox.Item(path, path.name, "table")).sha256}
-for item in inbox.pending(inbox.discover(root / "inbox"), m, 1.0):
+    item = inbox_discovery.Item(path, path.name, "table")
+    return {"report": str(report), "input_sha256": inbox_discovery.fingerprint(item).sha256}
+for item in inbox_discovery.pending(inbox_discovery.discover(root / "inbox"), m, 1.0):
     inbox.process_item(item, m, score, root / "outbox", root / "outbox" / "quarantine")
 """
 
@@ -142,12 +145,12 @@ def test_two_overlapping_processes_never_score_a_file_twice(box, tmp_path):
 _CLAIM_AND_HANG = """
 import sys, time
 from pathlib import Path
-from pipeline import inbox
+from pipeline import inbox_discovery
 from pipeline.manifest import Manifest
 inbox_dir, outbox = Path(sys.argv[1]), Path(sys.argv[2])
 m = Manifest(outbox / "manifest.sqlite3")
-[item] = inbox.discover(inbox_dir)
-m.claim(item.rel, inbox.fingerprint(item), item.kind)
+[item] = inbox_discovery.discover(inbox_dir)
+m.claim(item.rel, inbox_discovery.fingerprint(item), item.kind)
 print("claimed", flush=True)
 time.sleep(600)
 """
@@ -244,8 +247,8 @@ def test_a_failing_file_is_retried_with_backoff_then_quarantined_with_its_reason
 def test_a_file_whose_runs_keep_dying_is_quarantined_without_another_try(box):
     _put(box["inbox"], "oom.csv")
     m = Manifest(box["outbox"] / "manifest.sqlite3", max_attempts=2)
-    item = inbox.discover(box["inbox"])[0]
-    fp = inbox.fingerprint(item)
+    item = inbox_discovery.discover(box["inbox"])[0]
+    fp = inbox_discovery.fingerprint(item)
     for _ in range(2):  # two runs claimed it and died (their PID is gone)
         m.claim(item.rel, fp, item.kind)
         with m._transaction() as db:
@@ -270,13 +273,14 @@ def test_a_file_whose_runs_keep_dying_is_quarantined_without_another_try(box):
     ],
 )
 def test_safe_join_refuses_paths_that_leave_the_root(rel, tmp_path):
-    with pytest.raises(inbox.Refused, match="unsafe path"):
-        inbox.safe_join(tmp_path, rel)
+    with pytest.raises(inbox_discovery.Refused, match="unsafe path"):
+        inbox_discovery.safe_join(tmp_path, rel)
 
 
 def test_safe_join_keeps_plain_relative_paths_inside(tmp_path):
-    assert inbox.safe_join(tmp_path, "a/b.anomalies.csv") == tmp_path.resolve() / "a" / "b.anomalies.csv"
-    assert inbox.safe_join(tmp_path, "..a/b..csv") == tmp_path.resolve() / "..a" / "b..csv"  # dots in names are fine
+    assert inbox_discovery.safe_join(tmp_path, "a/b.anomalies.csv") == tmp_path.resolve() / "a" / "b.anomalies.csv"
+    # dots in names are fine
+    assert inbox_discovery.safe_join(tmp_path, "..a/b..csv") == tmp_path.resolve() / "..a" / "b..csv"
 
 
 def test_an_outbox_folder_symlinked_outside_is_never_written(box, tmp_path):
@@ -307,9 +311,10 @@ def test_partial_files_are_not_picked_up(box):
     fresh = _put(box["inbox"], "fresh.csv", age_s=0)
     for name in (".hidden.csv", "upload.csv.part", "x.csv.tmp", "~lock.csv", "notes.txt"):
         _put(box["inbox"], name)
-    assert inbox.pending(inbox.discover(box["inbox"]), m, min_age_s=5) == []
+    assert inbox_discovery.pending(inbox_discovery.discover(box["inbox"]), m, min_age_s=5) == []
     _old(fresh, 10)
-    assert [i.rel for i in inbox.pending(inbox.discover(box["inbox"]), m, min_age_s=5)] == ["fresh.csv"]
+    settled = inbox_discovery.pending(inbox_discovery.discover(box["inbox"]), m, min_age_s=5)
+    assert [i.rel for i in settled] == ["fresh.csv"]
 
 
 def test_a_file_changed_while_scored_has_its_report_withdrawn_and_the_new_content_scored(box):
@@ -365,16 +370,16 @@ def test_same_name_with_new_content_is_scored_again(box):
 
 
 def test_a_folder_kind_makes_each_folder_one_item(box, monkeypatch):
-    monkeypatch.setitem(inbox.KINDS, "img", inbox.Kind("img", frozenset({".png"}), folder=True))
+    monkeypatch.setitem(inbox_discovery.KINDS, "img", inbox_discovery.Kind("img", frozenset({".png"}), folder=True))
     for rel in ("shots/1.png", "shots/2.png", "t.csv"):
         _put(box["inbox"], rel)
-    items = inbox.discover(box["inbox"], ("table", "img"))
+    items = inbox_discovery.discover(box["inbox"], ("table", "img"))
     assert [(i.rel, i.kind) for i in items] == [("shots", "img"), ("t.csv", "table")]
-    before = inbox.fingerprint(items[0])
+    before = inbox_discovery.fingerprint(items[0])
     _put(box["inbox"], "shots/3.png", "more")
-    assert inbox.fingerprint(items[0]).sha256 != before.sha256
+    assert inbox_discovery.fingerprint(items[0]).sha256 != before.sha256
     with pytest.raises(InputError, match=r"unknown inbox kind\(s\) \['video'\]"):
-        inbox.discover(box["inbox"], ("video",))
+        inbox_discovery.discover(box["inbox"], ("video",))
 
 
 def test_expand_inputs_maps_a_dataset_folder_to_one_report_folder_per_part(tmp_path):
@@ -382,7 +387,7 @@ def test_expand_inputs_maps_a_dataset_folder_to_one_report_folder_per_part(tmp_p
     for rel in ("year=1/p0.parquet", "year=2/p0.parquet", "p1.csv"):
         _put(ds, rel)
     single = _put(tmp_path, "one.csv")
-    pairs = inbox.expand_inputs([ds, single], tmp_path / "out")
+    pairs = inbox_discovery.expand_inputs([ds, single], tmp_path / "out")
     out = (tmp_path / "out").resolve()
     assert [(p.relative_to(tmp_path).as_posix(), o) for p, o in pairs] == [
         ("sales/p1.csv", out / "sales"),

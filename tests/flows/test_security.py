@@ -184,7 +184,7 @@ def test_inputs_that_would_share_a_report_are_refused_before_scoring(registered_
 
 def test_the_same_input_twice_is_refused_and_distinct_stems_each_get_a_report(tmp_path):
     from pipeline.errors import InputError
-    from pipeline.inbox import expand_inputs
+    from pipeline.inbox_discovery import expand_inputs
 
     a = tmp_path / "a.csv"
     a.write_text("x\n1\n")

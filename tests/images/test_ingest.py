@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import InputError
+from pipeline.image_arrays import read_idx, read_npz
+from pipeline.image_decode import decode_image
 from pipeline.image_scoring import score_images_batch
-from pipeline.images import decode_image, dominant_format, read_idx, read_images, read_npz, read_training_images
+from pipeline.images import dominant_format, read_images, read_training_images
 from tests.images.conftest import write_png
 from tests.pipeline.test_bad_inputs import call_within
 

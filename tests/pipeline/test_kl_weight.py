@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline.detector as detector_module
+import pipeline.detector_fit as fit_module
 from pipeline.detector import VAEAnomalyDetector
 from pipeline.errors import InputError
 from tests.conftest import make_table
@@ -33,14 +33,14 @@ def test_latent_variances_are_the_variance_of_the_posterior_means_and_zero_on_a_
 def _fit_recording(monkeypatch, threshold: float, **kw) -> tuple[VAEAnomalyDetector, list[float]]:
     """A small detector fitted with ACTIVE_UNIT_VARIANCE set to ``threshold``; also the KL weight of every VAE fit."""
     betas: list[float] = []
-    real_fit = detector_module.fit_members
+    real_fit = fit_module.fit_members
 
     def recording_fit(models, kind, pool, train, val, plan, seeds, check=None):
         betas.extend([plan.beta] * len(models))
         return real_fit(models, kind, pool, train, val, plan, seeds, check)
 
-    monkeypatch.setattr(detector_module, "fit_members", recording_fit)
-    monkeypatch.setattr(detector_module, "ACTIVE_UNIT_VARIANCE", threshold)
+    monkeypatch.setattr(fit_module, "fit_members", recording_fit)
+    monkeypatch.setattr(fit_module, "ACTIVE_UNIT_VARIANCE", threshold)
     df, _ = make_table(300, seed=12)
     args = {"alpha": 0.1, "id_columns": ["id"], "n_models": 3, "train_config": TrainConfig(max_epochs=3), **kw}
     return VAEAnomalyDetector(**args).fit(df), betas
@@ -90,14 +90,14 @@ def test_a_collapse_seen_after_the_warm_up_ends_the_first_fit_early(monkeypatch)
     assert betas == [1.0] * 3 + [0.2] * 3 and det.kl_weight_ == 0.2
     assert all(len(h.val_loss) == 14 and not h.stopped_by_check for h in det.histories_)
     stopped: list[int] = []
-    real_fit = detector_module.fit_members
+    real_fit = fit_module.fit_members
 
     def recording_fit(models, kind, pool, train, val, plan, seeds, check=None):
         hists = real_fit(models, kind, pool, train, val, plan, seeds, check)
         stopped.append(len(hists[0].val_loss) if hists[0].stopped_by_check else -1)
         return hists
 
-    monkeypatch.setattr(detector_module, "fit_members", recording_fit)
+    monkeypatch.setattr(fit_module, "fit_members", recording_fit)
     df, _ = make_table(300, seed=12)
     VAEAnomalyDetector(alpha=0.1, id_columns=["id"], n_models=3, train_config=tc).fit(df)
     assert stopped == [12, -1]  # the beta = 1 fit ended at epoch 2 + 10; the last weight is never checked

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-import pipeline.detector
+import pipeline.detector_scoring
 import pipeline.scoring
 from pipeline.attribution import attribution_columns
 from pipeline.errors import InputError
@@ -24,7 +24,7 @@ SMALL = 64  # SCORE_CHUNK in these tests: a 300-row file spans 5 model batches
 
 @pytest.fixture
 def small_batches(monkeypatch):
-    monkeypatch.setattr(pipeline.detector, "SCORE_CHUNK", SMALL)
+    monkeypatch.setattr(pipeline.detector_scoring, "SCORE_CHUNK", SMALL)
     monkeypatch.setattr(pipeline.scoring, "SCORE_CHUNK", SMALL)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as score_file runs the model on a 2-core machine (and fast when it is shared)

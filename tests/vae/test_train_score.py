@@ -5,9 +5,10 @@ import torch
 
 from vae.config import ModelConfig, TrainConfig
 from vae.elbo import TABULAR
+from vae.fit_plan import TrainHistory
 from vae.model import TabularBatch, TabularVAE
 from vae.score import score_rows
-from vae.trainer import TrainHistory, fit_one
+from vae.trainer import fit_one
 
 
 def fit(model: TabularVAE, train: TabularBatch, val: TabularBatch, cfg: TrainConfig) -> TrainHistory:
@@ -114,7 +115,8 @@ def test_automatic_epoch_budget_follows_the_step_budget():
 
 def test_trimmed_validation_statistic_ignores_the_worst_rows_and_the_padding():
     from vae.elbo import negative_elbo
-    from vae.trainer import fixed_eps, trimmed_means
+    from vae.stacked import trimmed_means
+    from vae.trainer import fixed_eps
 
     m, _ = _fit(epochs=5)
     data = _data(100, 4)

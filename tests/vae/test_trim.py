@@ -5,9 +5,10 @@ import torch
 
 from vae.config import ModelConfig, TrainConfig
 from vae.elbo import TABULAR
+from vae.fit_plan import TrainHistory
 from vae.model import TabularBatch, TabularVAE
 from vae.score import score_rows
-from vae.trainer import TrainHistory, fit_one
+from vae.trainer import fit_one
 
 
 def fit(model: TabularVAE, train: TabularBatch, val: TabularBatch, cfg: TrainConfig) -> TrainHistory:
