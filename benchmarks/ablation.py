@@ -68,7 +68,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "beta1": {"train": {"beta": 1.0}},  # the default before beta = 0.2
     "b01": {"train": {"beta": 0.1}},
     "fb05": {"train": {"beta": 1.0, "free_bits": 0.5}},  # free bits instead of beta < 1
-    "lat1": {"latent_k": 1, **_LAT},  # + latent k-NN density term (pipeline/density.py)
+    "lat1": {"latent_k": 1, **_LAT},  # + latent k-NN density term (pipeline/detect/density.py)
     "lat1-w05": {"latent_k": 1, "latent_weight": 0.5, **_LAT},
     "b1-lat1": {"latent_k": 1, **_LAT, "train": {"beta": 1.0}},
     "b1-lat1-w05": {"latent_k": 1, "latent_weight": 0.5, **_LAT, "train": {"beta": 1.0}},
@@ -114,7 +114,7 @@ def run_variant(
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    from pipeline.detector import VAEAnomalyDetector
+    from pipeline.detect.detector import VAEAnomalyDetector
     from vae.config import TrainConfig
 
     kwargs = dict(kwargs)

@@ -103,7 +103,7 @@ def _cross_section(g, alpha: float, min_normals: int) -> tuple[list[str], bool]:
 def check(csv_path: Path, alpha: float, method: str, min_normals: int) -> tuple[str, bool]:
     import pandas as pd
 
-    from pipeline.detector import VAEAnomalyDetector
+    from pipeline.detect.detector import VAEAnomalyDetector
 
     cal_fraction = VAEAnomalyDetector().cal_fraction
     df = pd.read_csv(csv_path)

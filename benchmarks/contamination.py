@@ -36,7 +36,7 @@ def run(x: np.ndarray, y: np.ndarray, seed: int, rate: float, trim: float, alpha
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    from pipeline.detector import VAEAnomalyDetector
+    from pipeline.detect.detector import VAEAnomalyDetector
     from vae.config import TrainConfig
 
     train_idx, test_idx, n_move = contaminated_split(y, seed, rate)

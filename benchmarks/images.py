@@ -9,7 +9,7 @@ names the folder that holds ``fashion-mnist/`` and ``mnist/``).
 - MNIST (only its test set is here): each class's test images are split in half with
   ``numpy.random.default_rng(seed)``; train on the first half of the normal class, test on the second halves
   of all classes.
-Methods, side by side on the same images: ``vae-anomaly`` (pipeline.image_detector.ImageVAEDetector with
+Methods, side by side on the same images: ``vae-anomaly`` (pipeline.detect.image_detector.ImageVAEDetector with
 its defaults; it holds 15% of the training images out for early stopping and 20% for calibration),
 ``pyod-vae`` (pyod's VAE with its defaults on the flattened pixels, as in the tabular benchmark) and ``knn``
 (distance to the 5th nearest training image, flattened pixels in [0, 1], Euclidean). Results: one CSV row per
@@ -82,7 +82,7 @@ def load_dataset(name: str, data_dir: Path, seed: int = 0) -> dict[int, tuple[np
 
 def make_vae_detector(seed: int, overrides: dict) -> object:
     """The one place where the benchmark builds the image detector (its defaults unless ablated)."""
-    from pipeline.image_detector import ImageVAEDetector
+    from pipeline.detect.image_detector import ImageVAEDetector
     from vae.config import ImageTrainConfig
 
     epochs = overrides.pop("epochs", None)
@@ -119,7 +119,7 @@ def run_knn(x_train: np.ndarray, x_test: np.ndarray, seed: int) -> tuple[np.ndar
 
 
 def write_results(rows: list[dict], out: Path) -> None:
-    from pipeline.report import write_csv_atomic, write_text_atomic
+    from pipeline.score.report import write_csv_atomic, write_text_atomic
 
     frame = pd.DataFrame(rows, columns=COLUMNS)
     write_csv_atomic(frame, out)

@@ -2,9 +2,9 @@
 
     python -m benchmarks.rest [--rows 10000 100000 250000] [--repeats 3] [--busy] [--out FILE.json]
 
-1. Generates the demo tables (``pipeline.demo.make_demo_data``) in a work folder, trains a detector on the
+1. Generates the demo tables (``pipeline.data.demo.make_demo_data``) in a work folder, trains a detector on the
    training table as ``python -m flows.train`` does (``--alpha``, ``--max-epochs``, id column ``txn_id``) and
-   registers it with ``flows.train.register_model`` (the pyfunc the product registers) in a
+   registers it with ``flows.train_flow.register_model`` (the pyfunc the product registers) in a
    temporary embedded MLflow store (``VAE_ANOMALY_HOME`` in the work folder).
 2. Starts ``mlflow models serve -m models:/NAME@champion --env-manager local`` on loopback (its own process
    group, stopped at the end) and waits for ``/ping``; one untimed 1,000-row request warms it up.
@@ -245,8 +245,8 @@ def register_model(work: Path, args: argparse.Namespace) -> tuple[str, dict[str,
         os.environ["PREFECT_HOME"] = str(home / ".prefect")
     from flows.config import TrainConfig
     from flows.settings import tracking_uri
-    from flows.train import fit_detector, load_training_data, register_model
-    from pipeline.demo import make_demo_data
+    from flows.train_flow import fit_detector, load_training_data, register_model
+    from pipeline.data.demo import make_demo_data
 
     files = make_demo_data(work / "data")
     config = TrainConfig(

@@ -100,13 +100,13 @@ def pyod_score(train: np.ndarray, path: Path, fit_rows: int, epochs: int) -> dic
     """PyOD's VAE fitted on a sample of ``train``; seconds of ``decision_function`` on the rows of ``path``.
 
     It runs with one torch thread, as the scoring CLI's model does on a 2-core machine
-    (``pipeline.scoring.model_threads``): the same compute for both.
+    (``pipeline.score.scoring.model_threads``): the same compute for both.
     """
     import pyarrow.csv as pacsv
     import torch
     from pyod.models.vae import VAE
 
-    from pipeline.scoring import model_threads
+    from pipeline.score.scoring import model_threads
 
     torch.set_num_threads(model_threads())
 

@@ -42,7 +42,7 @@ DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "tabular.csv"
 # ------------------------------------------------------------------ our detector
 def make_vae_detector(alpha: float, seed: int, calibration: str = "auto") -> Any:
     """The one place where the benchmark builds the VAE detector (change its settings here)."""
-    from pipeline.detector import VAEAnomalyDetector
+    from pipeline.detect.detector import VAEAnomalyDetector
 
     return VAEAnomalyDetector(alpha=alpha, seed=seed, calibration=calibration)
 

@@ -46,21 +46,33 @@ class _Quiet(logging.Filter):
 
 
 def quiet_logs() -> None:
-    """Console logs of a CLI run: with ``--verbose`` Prefect's and MLflow's INFO lines; otherwise this
-    project's warnings and errors only. Logs a Prefect server receives (``PREFECT_API_URL``) are unchanged."""
+    """Console logs of a CLI run: with ``--verbose`` INFO lines; otherwise this project's warnings and errors,
+    and MLflow's warnings (Prefect's console is quieted by :func:`orchestration`)."""
     if _verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    from prefect.logging.configuration import ensure_logging_setup
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    ensure_logging_setup()
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for handler in root.handlers:
-        handler.addFilter(_Quiet())
+
+def orchestration(module: str) -> Any:
+    """Import a flow module (Prefect, MLflow, torch: seconds) once the arguments and inputs are checked.
+
+    Without ``--verbose`` Prefect's console shows nothing below CRITICAL: its INFO lines and a failed task's
+    traceback would bury the one-line error. Logs a Prefect server receives (``PREFECT_API_URL``) are kept.
+    """
+    import importlib
+
+    mod = importlib.import_module(module)
+    if not _verbose:
+        from prefect.logging.configuration import ensure_logging_setup
+
+        ensure_logging_setup()
+        for handler in logging.getLogger().handlers:
+            if not any(isinstance(f, _Quiet) for f in handler.filters):
+                handler.addFilter(_Quiet())
+    return mod
 
 
 def csv_list(value: str) -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from flows.model_uri import parse_model_uri
-from pipeline.rules import FlagRule
+from pipeline.calibrate.rules import FlagRule
 
 # Upper bounds of sizes a user sets: past them a run would exhaust memory (or never end) instead of failing
 # with a message naming the field.
@@ -27,7 +27,7 @@ DEFAULT_MODEL_NAME = {"table": "vae-anomaly", "image": "vae-anomaly-images"}
 def input_kind(first: str) -> str:
     """The kind of data an input holds: images for a folder, an image file, a glob or an IDX file
     (``*-idx3-ubyte[.gz]``); a table otherwise (a ``.npz`` file is a table unless the kind says image)."""
-    from pipeline.images import IDX_PATTERN, looks_like_images
+    from pipeline.data.images import IDX_PATTERN, looks_like_images
 
     if Path(first).suffix.lower() != ".npz" and (looks_like_images(first) or IDX_PATTERN.search(first)):
         return "image"
@@ -36,6 +36,23 @@ def input_kind(first: str) -> str:
 
 TABLE_ONLY = ("id_columns", "label_column", "categorical_columns", "segment_column", "trim_fraction")
 IMAGE_ONLY = ("normal_label", "likelihood", "score_method", "n_models")
+
+
+def check_model_kind(kind: str, model_kind: str, model_uri: str) -> None:
+    """Refuse to score ``kind`` data (table or image) with a model of the other kind.
+
+    Raises:
+        InputError: the model is not a ``kind`` model; the message says which to give.
+    """
+    if model_kind == kind:
+        return
+    from pipeline.errors import InputError
+
+    raise InputError(
+        f"the inputs are {kind}s but model {model_uri} is {'an' if model_kind == 'image' else 'a'} "
+        f"{model_kind} model: give a{'n image' if kind == 'image' else ' table'} model with --model, "
+        f"or {model_kind}s to score"
+    )
 
 
 def _paths(v: object) -> object:
@@ -124,7 +141,7 @@ class TrainConfig(BaseModel):
     def detector(self) -> Any:
         """A new, unfitted detector with this config's settings."""
         if self.kind == "image":
-            from pipeline.image_detector import ImageVAEDetector
+            from pipeline.detect.image_detector import ImageVAEDetector
             from vae.config import ImageTrainConfig as ImageTrainerConfig
 
             given = {"max_epochs": self.max_epochs, "batch_size": self.batch_size}
@@ -139,7 +156,7 @@ class TrainConfig(BaseModel):
                     seed=self.seed, device=self.device, **{k: v for k, v in given.items() if v is not None}
                 ),
             )
-        from pipeline.detector import VAEAnomalyDetector
+        from pipeline.detect.detector import VAEAnomalyDetector
 
         return VAEAnomalyDetector(
             alpha=self.alpha,
@@ -272,6 +289,29 @@ class ScoreConfig(DaskOptions, FlagRuleOptions):
         assert self.model is not None  # set by the validator
         return self.model
 
+    def check_model_kind(self, model_kind: str) -> None:
+        """Refuse a model of the other kind of data (see :func:`check_model_kind`)."""
+        check_model_kind(str(self.kind), model_kind, self.model_uri())
+
+    def jobs(self) -> list[tuple[str | list[str], Path]]:
+        """(input, report folder) per scoring task, checked before any work.
+
+        Tables: a file, or each part of a dataset folder (its reports in a folder of its own under ``out``).
+        Images: each folder or array file, and all loose image files and globs together.
+
+        Raises:
+            InputError: a missing input, or two inputs that would write the same report.
+        """
+        if self.kind == "image":
+            from pipeline.data.images import is_array_file
+
+            whole: list[str | list[str]] = [i for i in self.inputs if Path(i).is_dir() or is_array_file(Path(i))]
+            loose = [i for i in self.inputs if i not in whole]
+            return [(b, self.out) for b in [*whole, *([loose] if loose else [])]]
+        from pipeline.inbox.discovery import expand_inputs
+
+        return [(str(p), out) for p, out in expand_inputs([Path(i) for i in self.inputs], self.out)]
+
 
 class InboxConfig(DaskOptions):
     """Parameters of the ``score-inbox`` flow: score each new file of ``inbox`` once, into ``outbox``."""
@@ -296,6 +336,13 @@ class InboxConfig(DaskOptions):
     @classmethod
     def _model_uri(cls, v: str) -> str:
         parse_model_uri(v)
+        return v
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _default_model(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip():  # prefect.yaml's {{ $VAE_ANOMALY_MODEL }} when it is not set
+            return "models:/vae-anomaly@champion"
         return v
 
     @field_validator("inbox", "outbox", mode="before")
@@ -328,7 +375,7 @@ class RetrainConfig(TrainConfig):
     """Parameters of the ``retrain`` flow: a challenger trained on new data, compared with the champion.
 
     The training fields are :class:`TrainConfig`'s (``data`` is the new table); ``alias`` is the challenger's.
-    The promotion rule is documented in ``pipeline/compare.py``.
+    The promotion rule is documented in ``pipeline/calibrate/compare.py``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

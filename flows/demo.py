@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.cli import ArgumentParser, run
+from flows.cli import ArgumentParser, orchestration, run
 from flows.config import ScoreConfig, TrainConfig
 from flows.settings import project_root, redact, tracking_uri
 
@@ -30,13 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> int:
+        for module in ("flows.train_flow", "flows.score_flow"):  # Prefect, MLflow, torch; Prefect's console quiet
+            orchestration(module)
         if args.images == "only":
-            return image_demo(args.data_dir / "images", args.out / "images", f"{args.model_name}-images")
+            image_demo(args.data_dir / "images", args.out / "images", f"{args.model_name}-images")
+            return explore_demo(args.data_dir / "digits", args.out / "explore", f"{args.model_name}-digits")
         from sklearn.metrics import roc_auc_score
 
-        from flows.score import print_summary, score
-        from flows.train import train
-        from pipeline.demo import make_demo_data
+        from flows.score import print_summary
+        from flows.score_flow import score
+        from flows.train_flow import train
+        from pipeline.data.demo import make_demo_data
 
         t0 = time.perf_counter()
         files = make_demo_data(args.data_dir)
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"REPORT: {s['report']}")
         if args.images == "yes":
-            return image_demo(args.data_dir / "images", args.out / "images", f"{args.model_name}-images")
+            image_demo(args.data_dir / "images", args.out / "images", f"{args.model_name}-images")
+            return explore_demo(args.data_dir / "digits", args.out / "explore", f"{args.model_name}-digits")
         return 0
 
     return run("python -m flows.demo", body)
@@ -80,9 +85,10 @@ def image_demo(data_dir: Path, out: Path, model_name: str) -> int:
     """Digit 0 of scikit-learn's 8x8 digits is normal: train on its PNGs, score a batch of 0s and other digits."""
     from sklearn.metrics import roc_auc_score
 
-    from flows.score import print_summary, score
-    from flows.train import train
-    from pipeline.image_demo import make_digit_images
+    from flows.score import print_summary
+    from flows.score_flow import score
+    from flows.train_flow import train
+    from pipeline.data.image_demo import make_digit_images
 
     t0 = time.perf_counter()
     files = make_digit_images(data_dir)
@@ -108,6 +114,38 @@ def image_demo(data_dir: Path, out: Path, model_name: str) -> int:
     print(f"image timings: data + train flow {t1 - t0:.1f}s, score flow {t2 - t1:.1f}s")
     print(f"IMAGE REPORT: {s['report']}")
     print(f"CONTACT SHEET: {s['contact_sheet']}")
+    return 0
+
+
+def explore_demo(data_dir: Path, out: Path, model_name: str) -> int:
+    """A VAE of all 1,797 digits, and what the VAE tutorials show of it: prior samples, reconstructions, an
+    interpolation from a 0 to a 1, and the latent space coloured by digit (``python -m flows.explore``)."""
+    import argparse
+
+    from flows.explore import explore
+    from flows.train_flow import train
+    from pipeline.data.image_demo import write_all_digits
+
+    t0 = time.perf_counter()
+    digits = write_all_digits(data_dir)
+    s = train(TrainConfig(kind="image", data=digits, model_name=model_name, alpha=0.05, latent_dim=8, max_epochs=120))
+    print(
+        f"\nexplore demo: trained {s['model_name']} v{s['version']} on all {s['train'] + s['val'] + s['cal']} "
+        f"digits ({s['epochs']} epochs, {s['train_seconds']:.0f}s)"
+    )
+    uri = f"models:/{model_name}@champion"
+    zero, one = sorted((digits / "0").iterdir())[0], sorted((digits / "1").iterdir())[0]
+    firsts = [sorted((digits / str(d)).iterdir())[0] for d in range(10)]
+    commands = [
+        {"command": "samples", "n": 64, "seed": 0},
+        {"command": "reconstruct", "images": [str(p) for p in firsts]},
+        {"command": "interpolate", "a": str(zero), "b": str(one), "steps": 10},
+        {"command": "latent", "images": [str(digits)]},
+    ]
+    for c in commands:
+        files, _ = explore(argparse.Namespace(model=uri, out=out, experiment="vae-anomaly-explore", **c))
+        print(f"  {c['command']}: " + ", ".join(str(f) for f in files))
+    print(f"explore demo: {time.perf_counter() - t0:.1f}s; more with python -m flows.explore --help")
     return 0
 
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from flows.cli import ArgumentParser, run
+from pipeline.data.paths import regular_file
 from pipeline.errors import InputError
-from pipeline.paths import regular_file
 
 _INDEXED = re.compile(r"^(?P<file>.+)#(?P<index>\d+)$")
 
@@ -42,7 +42,7 @@ def read_one(spec: str, det: Any) -> np.ndarray:
     Raises:
         InputError: the file does not exist, cannot be decoded, or the index is out of range.
     """
-    from pipeline.images import decode_image, read_images
+    from pipeline.data.images import decode_image, read_images
 
     m = _INDEXED.match(spec)
     if m and not Path(spec).exists():
@@ -59,7 +59,7 @@ def read_one(spec: str, det: Any) -> np.ndarray:
 
 
 def samples(det: Any, out: Path, n: int, seed: int) -> list[Path]:
-    from pipeline.image_plots import image_grid
+    from pipeline.score.image_plots import image_grid
 
     return [
         image_grid(
@@ -72,7 +72,7 @@ def samples(det: Any, out: Path, n: int, seed: int) -> list[Path]:
 
 def interpolate(det: Any, out: Path, a: str, b: str, steps: int) -> list[Path]:
     """Decode z_t = (1 - t) mu(a) + t mu(b), t in [0, 1]: a straight line between the two posterior means."""
-    from pipeline.image_plots import image_grid
+    from pipeline.score.image_plots import image_grid
 
     x = np.stack([read_one(a, det), read_one(b, det)])
     za, zb = det.encode(x)
@@ -101,8 +101,8 @@ def _labels(images: Any) -> tuple[np.ndarray | None, str]:
 
 
 def latent(det: Any, out: Path, source: list[str]) -> list[Path]:
-    from pipeline.image_plots import latent_scatter_2d, latent_scatter_3d_html
-    from pipeline.images import read_images
+    from pipeline.data.images import read_images
+    from pipeline.score.image_plots import latent_scatter_2d, latent_scatter_3d_html
 
     images = read_images(source[0] if len(source) == 1 else source, mode=det.image_mode, size=det.image_size)
     if len(images) > LATENT_MAX:
@@ -123,7 +123,7 @@ def latent(det: Any, out: Path, source: list[str]) -> list[Path]:
 
 
 def reconstruct(det: Any, out: Path, specs: list[str]) -> list[Path]:
-    from pipeline.image_plots import reconstruction_pairs
+    from pipeline.score.image_plots import reconstruction_pairs
 
     x = np.stack([read_one(s, det) for s in specs])
     recon, _ = det.reconstruct(x)

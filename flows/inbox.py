@@ -5,7 +5,7 @@
 
 Reports go to the outbox, mirroring the inbox's folders (``<outbox>/<folder>/<stem>.anomalies.csv`` and
 ``<stem>.summary.json``); each file's path, size, sha256, model version, report, status and times are
-recorded in the SQLite manifest ``<outbox>/manifest.sqlite3`` (see ``pipeline/manifest.py``), so a file
+recorded in the SQLite manifest ``<outbox>/manifest.sqlite3`` (see ``pipeline/inbox/manifest.py``), so a file
 is scored once even when runs overlap or one is killed. A file that keeps failing is moved to
 ``<outbox>/quarantine`` with ``<name>.reason.txt`` after ``--max-attempts``.
 """
@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.cli import EXIT_INPUT, ArgumentParser, run
+from flows.cli import EXIT_INPUT, ArgumentParser, orchestration, run
 from flows.config import InboxConfig
 from flows.parallel import run_each
 from flows.settings import redact
-from pipeline import inbox
 from pipeline.errors import InputError
-from pipeline.manifest import Manifest
+from pipeline.inbox import process as inbox
+from pipeline.inbox.manifest import Manifest
 
 if TYPE_CHECKING:
     from flows.tracking import ResolvedModel
@@ -50,7 +50,7 @@ def manifest_of(config: InboxConfig) -> Manifest:
 
 def table_scorer(model: "ResolvedModel", config: InboxConfig) -> inbox.Scorer:
     """``scorer(path, out_dir)`` for tables, with the config's flag rule (default: the model's alpha)."""
-    from pipeline.rules import FlagRule
+    from pipeline.calibrate.rules import FlagRule
 
     det = model.detector
     rule = FlagRule("fdr", config.fdr) if config.fdr is not None else FlagRule("alpha", config.alpha or det.alpha)
@@ -59,7 +59,7 @@ def table_scorer(model: "ResolvedModel", config: InboxConfig) -> inbox.Scorer:
     )
 
 
-# One scorer factory per item kind of pipeline.inbox.KINDS; a new kind (image folders) adds its own.
+# One scorer factory per item kind of pipeline.inbox.process.KINDS; a new kind (image folders) adds its own.
 SCORERS = {"table": table_scorer}
 
 
@@ -74,7 +74,7 @@ def find_new(config: InboxConfig) -> list[inbox.Item]:
 def score_item(
     model: "ResolvedModel", item: inbox.Item, config: InboxConfig, run_id: str | None = None
 ) -> dict[str, Any]:
-    """Claim, score and record one item (see ``pipeline.inbox.process_item``)."""
+    """Claim, score and record one item (see ``pipeline.inbox.process.process_item``)."""
     scorer = SCORERS[item.kind](model, config) if item.kind in SCORERS else _no_scorer(item.kind)
     return inbox.process_item(
         item, manifest_of(config), scorer, config.outbox, config.quarantine_dir(), run_id
@@ -97,7 +97,7 @@ def score_inbox(config: InboxConfig) -> list[dict[str, Any]]:
     if not items:
         get_run_logger().info(f"{config.inbox}: no new files")
         return []
-    from flows.score import load_model, publish_summary
+    from flows.score_flow import load_model, publish_summary
 
     model = load_model(config.model, "table")
     run_id = str(flow_run.id) if flow_run.id else None
@@ -127,6 +127,9 @@ class InboxFailed(Exception):
         super().__init__("; ".join(describe(o) for o in failed))
         self.outcomes = outcomes
         self.exit_code = EXIT_INPUT
+
+    def __reduce__(self) -> tuple[type, tuple[list[dict[str, Any]]]]:  # pickled by Prefect
+        return type(self), (self.outcomes,)
 
 
 def describe(o: dict[str, Any]) -> str:
@@ -268,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         schedule = schedule_of(args)
         config = config_from(args)
+        orchestration("flows.inbox")  # imported already: quiets Prefect's console
         if schedule is not None:
             return serve(config, schedule, args.name, args.limit)
         try:

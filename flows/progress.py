@@ -12,7 +12,7 @@ SHOW_AFTER_S = 2.0  # runs shorter than this never show a bar
 
 @contextmanager
 def progress_bar(label: str, stream: TextIO | None = None) -> Iterator[Callable[[int, float], None] | None]:
-    """A ``pipeline.scoring.Progress`` callback drawing a tqdm bar on ``stream`` (stderr); None off a terminal.
+    """A ``pipeline.score.scoring.Progress`` callback drawing a tqdm bar on ``stream`` (stderr); None off a terminal.
 
     The bar counts the share of the file read (in %) and shows the rows scored so far; it appears only
     once a run has lasted ``SHOW_AFTER_S`` seconds, and is cleared when the run ends.

@@ -4,11 +4,11 @@
 ``score``, ``threshold`` and ``is_anomaly`` (0/1), one row per input row, in order. An image model takes a
 frame with a column ``image`` of base64-encoded PNG/JPEG/BMP files (a column ``path`` of files only when
 ``VAE_ANOMALY_IMAGE_ROOT`` names the folder they lie in) and adds an ``error`` column (see
-pipeline.image_scoring.score_image_frame); where ``error`` is set, ``score`` and ``is_anomaly`` are None.
+pipeline.score.image_scoring.score_image_frame); where ``error`` is set, ``score`` and ``is_anomaly`` are None.
 
 Served over REST (``mlflow models serve``), a bad request is HTTP 400 whose JSON body holds one sentence (ours),
 never a traceback nor the request's data, and missing values are JSON ``null``. Scoring uses the CLI's torch
-thread policy (pipeline.scoring.scoring_threads). This module imports mlflow and pipeline only (no prefect),
+thread policy (pipeline.score.scoring.scoring_threads). This module imports mlflow and pipeline only (no prefect),
 so a model server can load it.
 """
 
@@ -25,11 +25,11 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 
-from pipeline.detector import VAEAnomalyDetector
+from pipeline.detect.detector import VAEAnomalyDetector
+from pipeline.detect.image_detector import ImageVAEDetector, is_image_model_dir
 from pipeline.errors import InputError, ModelError
-from pipeline.image_detector import ImageVAEDetector, is_image_model_dir
-from pipeline.image_scoring import IMAGE_ROOT_ENV, score_image_frame
-from pipeline.scoring import score_features, scoring_threads
+from pipeline.score.image_scoring import IMAGE_ROOT_ENV, score_image_frame
+from pipeline.score.scoring import score_features, scoring_threads
 
 log = logging.getLogger(__name__)
 

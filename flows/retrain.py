@@ -3,7 +3,7 @@
     python -m flows.retrain data/new.csv --model-name vae-anomaly [--label-column is_fraud] [--holdout-fraction 0.2]
 
 Both models are evaluated on the same held-out rows of the new data (never used to train the challenger); the
-promotion rule is in ``pipeline/compare.py``. The challenger is always registered (alias ``challenger``); the
+promotion rule is in ``pipeline/calibrate/compare.py``. The challenger is always registered (alias ``challenger``); the
 ``champion`` alias moves to it only on promotion. Every decision is a run in the MLflow experiment
 ``vae-anomaly-retrain`` and tags on both model versions.
 """
@@ -18,12 +18,12 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import tracking
-from flows.cli import ArgumentParser, csv_list, run
+from flows.cli import ArgumentParser, csv_list, orchestration, run
 from flows.config import RetrainConfig
-from flows.train import evaluate_labelled, fit_detector, load_training_data, register_model
-from pipeline.compare import Evaluation, evaluate, holdout_split
-from pipeline.detector import VAEAnomalyDetector
-from pipeline.training import TrainingData, check_enough_rows
+from flows.train_flow import evaluate_labelled, fit_detector, load_training_data, register_model
+from pipeline.calibrate.compare import Evaluation, evaluate, holdout_split
+from pipeline.detect.detector import VAEAnomalyDetector
+from pipeline.detect.training import TrainingData, check_enough_rows
 
 
 class Parts(NamedTuple):
@@ -71,7 +71,7 @@ def record_decision(
 @flow(name="retrain", log_prints=True)
 def retrain(config: RetrainConfig) -> dict[str, Any]:
     """Train a challenger on ``config.data``, compare it with the champion on held-out rows, promote if better."""
-    from pipeline.compare import decide
+    from pipeline.calibrate.compare import decide
 
     det = config.detector()
     data = load_training_data(det, config)
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         config = RetrainConfig(**{k: v for k, v in vars(args).items() if v is not None and v != []})
+        orchestration("flows.retrain")  # imported already: quiets Prefect's console
         print_outcome(retrain(config))
         return 0
 

@@ -72,7 +72,7 @@ def test_table() -> tuple[pd.DataFrame, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def fitted_detector(train_table: pd.DataFrame):
-    from pipeline.detector import VAEAnomalyDetector
+    from pipeline.detect.detector import VAEAnomalyDetector
     from vae.config import TrainConfig
 
     det = VAEAnomalyDetector(alpha=0.05, id_columns=["id"], train_config=TrainConfig(max_epochs=60, seed=0))
@@ -104,6 +104,75 @@ def train_csv(train_table: pd.DataFrame, session_home: Path) -> Path:
 def registered_model(prefect_harness: None, train_csv: Path) -> dict:
     """Train + register once through the real train flow (SQLite MLflow in the session folder)."""
     from flows.config import TrainConfig
-    from flows.train import train
+    from flows.train_flow import train
 
     return train(TrainConfig(data=train_csv, model_name="test-model", id_columns=["id"], alpha=0.05, max_epochs=40))
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> dict[str, Path]:
+    d = {k: tmp_path / k for k in ("inbox", "outbox")}
+    for p in d.values():
+        p.mkdir()
+    d["quarantine"] = d["outbox"] / "quarantine"
+    return d
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One torch thread, as the trainer's default: the test machine is shared (../shared/NOTES-torch-pyod.md)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def digit_files(tmp_path_factory: pytest.TempPathFactory):
+    """Digit 0 is normal: ``train/`` (138 PNGs), ``new_batch/<digit>/`` (40 zeros + 10 of each other digit)."""
+    from pipeline.data.image_demo import make_digit_images
+
+    return make_digit_images(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def image_detector(digit_files):
+    """One conv VAE trained on the digit-0 PNGs (CPU, 1 thread, at most 40 epochs)."""
+    from pipeline.data.images import read_training_images
+    from pipeline.detect.image_detector import ImageVAEDetector
+    from vae.config import ImageTrainConfig
+
+    images = read_training_images(digit_files.train)
+    det = ImageVAEDetector(alpha=0.05, train_config=ImageTrainConfig(max_epochs=40, device="cpu"))
+    return det.fit(images.pixels)
+
+
+def write_png(path: Path, pixels) -> Path:
+    """Write a uint8 array (H, W) grey or (H, W, 3) RGB as an image file (format from the suffix)."""
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(path)
+    return path
+
+
+def cli_env(home: Path, ephemeral: bool = False, **extra: str) -> dict[str, str]:
+    """Environment of a CLI subprocess: the session's project home and one Prefect home for every CLI run (its
+    database made once). While the session's Prefect test server runs, the CLI uses it (``PREFECT_API_URL``):
+    no ephemeral API start-up of its own (about 8 s a run). ``ephemeral=True`` keeps the embedded default.
+
+    MLflow URIs are not inherited: ``mlflow.set_tracking_uri`` / ``set_registry_uri`` in this process export
+    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, and a registry URI left over would win in ``mlflow models serve``.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env |= {"VAE_ANOMALY_HOME": str(home), "PREFECT_HOME": str(home / "prefect-cli"), **extra}
+    env.pop("PREFECT_API_URL", None)
+    url = PREFECT_API_URL.value()
+    if url and not ephemeral:
+        env["PREFECT_API_URL"] = str(url)
+    return env

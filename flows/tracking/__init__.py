@@ -8,11 +8,13 @@ from flows.tracking.runs import alias_version, log_decision, log_explore_run, lo
 from flows.tracking.store import (
     PROJECT_DIR,
     RETRIES,
+    ModelFacts,
     RegisteredVersion,
     ResolvedModel,
     TrackingUnavailable,
     is_transient,
     load_model,
+    model_facts,
     setup,
     translate,
 )
@@ -21,6 +23,7 @@ from flows.tracking.training import log_training_run
 __all__ = [
     "PROJECT_DIR",
     "RETRIES",
+    "ModelFacts",
     "RegisteredVersion",
     "ResolvedModel",
     "TrackingUnavailable",
@@ -32,6 +35,7 @@ __all__ = [
     "log_files",
     "log_scoring",
     "log_training_run",
+    "model_facts",
     "redact",
     "setup",
     "tracking_uri",

@@ -11,7 +11,7 @@ from pipeline.errors import ModelError
 
 if TYPE_CHECKING:
     from flows.config import RetrainConfig
-    from pipeline.compare import Decision, Evaluation
+    from pipeline.calibrate.compare import Decision, Evaluation
 
 
 def log_scoring(summaries: list[dict[str, Any]], experiment: str) -> str:

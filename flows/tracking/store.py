@@ -15,8 +15,8 @@ from flows.settings import artifact_root, redact, tracking_uri
 from pipeline.errors import ModelError
 
 if TYPE_CHECKING:
-    from pipeline.detector import VAEAnomalyDetector
-    from pipeline.image_detector import ImageVAEDetector
+    from pipeline.detect.detector import VAEAnomalyDetector
+    from pipeline.detect.image_detector import ImageVAEDetector
 
 log = logging.getLogger(__name__)
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -142,6 +142,80 @@ def _confined_source(client: Any, name: str, version: str) -> str:
     return f"models:/{name}/{version}"
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a registered version is, read from the registry without loading it: its kind and table schema."""
+
+    name: str
+    version: str
+    kind: str
+    schema: dict[str, Any] | None
+
+
+def _version(client: Any, name: str, alias: str | None, version: str | None) -> str:
+    if alias is not None:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    client.get_model_version(name, version)
+    return str(version)
+
+
+def _not_found(client: Any, model_uri: str, name: str, e: Exception, uri: str) -> ModelError:
+    """A missing model, alias or version, with the names, aliases or versions the registry does hold."""
+    try:
+        models = [m.name for m in client.search_registered_models(max_results=50)]
+        if name not in models:
+            known = f"registered models: {', '.join(sorted(models)[:20]) or 'none'}"
+        else:
+            model = client.get_registered_model(name)
+            aliases = ", ".join(f"@{a} (v{v})" for a, v in sorted(model.aliases.items())) or "none"
+            versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+            known = f"{name} has aliases {aliases} and versions {', '.join(map(str, versions[-10:])) or 'none'}"
+    except Exception:  # the hint is a courtesy: the error stands without it
+        known = first_line(e)
+    return ModelError(f"model {model_uri} not found in the registry at {redact(uri)}: {known}")
+
+
+def _registry_error(
+    e: Exception, from_mlflow: bool, client: Any, model_uri: str, name: str, uri: str, done: str
+) -> Exception:
+    """What a failed registry look-up raises: TrackingUnavailable for a server that cannot be reached; for
+    MLflow's own errors a model not found (listing what exists); else the model "cannot be read/loaded" (a
+    corrupt or foreign model folder), in one line, never with the credentials of the URI."""
+    t = translate(e, uri)
+    if isinstance(t, TrackingUnavailable):
+        return t
+    if from_mlflow:
+        return _not_found(client, model_uri, name, e, uri)
+    return ModelError(f"model {model_uri} cannot be {done}: {type(e).__name__}: {first_line(e)}")
+
+
+def model_facts(model_uri: str) -> ModelFacts:
+    """Resolve ``model_uri`` in the registry and read the version's kind and (tables) schema, without
+    loading the model: for checking inputs before a flow starts.
+
+    Raises:
+        ModelError: another URI form, or an unknown model name, alias or version (listing those that exist).
+        TrackingUnavailable: the tracking server cannot be reached.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    setup()
+    name, alias, version = parse_model_uri(model_uri)
+    uri = mlflow.get_tracking_uri()
+    client = mlflow.MlflowClient()
+    try:
+        version = _version(client, name, alias, version)
+        mv = client.get_model_version(name, version)
+        kind = mv.tags.get("kind", "table")
+        schema = None if kind == "image" else mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/schema.json")
+    except ModelError:
+        raise
+    except Exception as e:
+        raise _registry_error(e, isinstance(e, MlflowException), client, model_uri, name, uri, "read") from e
+    return ModelFacts(name, version, kind, schema)
+
+
 def load_model(model_uri: str) -> ResolvedModel:
     """Resolve ``model_uri`` (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) in the configured registry
     and load its detector through the pyfunc; nothing outside the store is ever loaded.
@@ -159,26 +233,14 @@ def load_model(model_uri: str) -> ResolvedModel:
     # MLflow prepends the model's code snapshot (code_paths) to sys.path: later imports in this process, and
     # Dask worker processes (which start with a copy of sys.path), would load that old copy of our packages.
     path = list(sys.path)
+    client = mlflow.MlflowClient()
     try:
-        client = mlflow.MlflowClient()
-        if alias is not None:
-            version = str(client.get_model_version_by_alias(name, alias).version)
-        else:
-            client.get_model_version(name, version)
-        model = mlflow.pyfunc.load_model(_confined_source(client, name, str(version)))
-    except MlflowException as e:
-        t = translate(e, uri)
-        if isinstance(t, TrackingUnavailable):
-            raise t from e
-        raise ModelError(f"model {model_uri} not found in the registry at {redact(uri)}: {first_line(e)}") from e
+        version = _version(client, name, alias, version)
+        model = mlflow.pyfunc.load_model(_confined_source(client, name, version))
     except ModelError as e:
         raise ModelError(f"model {model_uri} cannot be loaded: {first_line(e)}") from e
     except Exception as e:
-        t = translate(e, uri)
-        if isinstance(t, TrackingUnavailable):
-            raise t from e
-        # a corrupt or foreign model folder: never a traceback, never the credentials of the URI
-        raise ModelError(f"model {model_uri} cannot be loaded: {type(e).__name__}: {first_line(e)}") from e
+        raise _registry_error(e, isinstance(e, MlflowException), client, model_uri, name, uri, "loaded") from e
     finally:
         sys.path[:] = path
     python_model = model.unwrap_python_model()

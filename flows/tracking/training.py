@@ -18,7 +18,7 @@ import pandas as pd
 from flows.tracking.store import PROJECT_DIR, RegisteredVersion, translate
 
 if TYPE_CHECKING:
-    from pipeline.training import Detector, TrainingData
+    from pipeline.detect.training import Detector, TrainingData
 
 log = logging.getLogger(__name__)
 _REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "pyarrow", "mlflow")
@@ -145,7 +145,7 @@ def _calibration(det: Detector) -> dict[str, Any]:
 
 
 def _score_figure(det: Detector, folder: Path, anomaly_scores: np.ndarray | None) -> Path:
-    from pipeline.plots import score_distribution
+    from pipeline.score.plots import score_distribution
 
     labels = (
         {
@@ -170,7 +170,7 @@ def _image_figures(det: Detector, data: TrainingData, folder: Path) -> list[Path
     """Prior samples and reconstructions of a few training images (image models only)."""
     if data.images is None:
         return []
-    from pipeline.image_plots import image_grid, reconstruction_pairs
+    from pipeline.score.image_plots import image_grid, reconstruction_pairs
 
     k = min(SAMPLE_IMAGES, len(data.images.pixels))
     sample, names = data.images.pixels[:k], data.images.paths[:k]

@@ -10,24 +10,21 @@ import pandas as pd
 import pytest
 
 from flows.config import TrainConfig
-from flows.train import fit_detector
-from pipeline.detector import VAEAnomalyDetector
+from flows.train_flow import fit_detector
+from pipeline.data.split import split_rows
+from pipeline.detect.detector import VAEAnomalyDetector
+from pipeline.detect.training import TrainingData, check_enough_rows
 from pipeline.errors import InputError
-from pipeline.split import split_rows
-from pipeline.training import TrainingData, check_enough_rows
-from tests.conftest import make_table
+from tests.conftest import cli_env, make_table
 from tests.flows.test_cli import _run
-from tests.pipeline.test_bad_inputs import BAD_SCORING_INPUTS, _bad_file
+from tests.pipeline.score.test_bad_inputs import BAD_SCORING_INPUTS, _bad_file
 
-HEADER_ONLY_REPORT = "row,id,score,threshold,is_anomaly,p_value,top_features,top_observed,top_expected\n"
+HEADER_ONLY_REPORT = "row,id,score,threshold,is_anomaly,p_value,top_features,top_observed,top_expected,missing\n"
 
 
 def cli_within(args: list[str], home: Path, tmp: Path, timeout_s: float = 180) -> subprocess.CompletedProcess:
     """``python ARGS`` as ``tests.flows.test_cli._run`` runs it, killed after ``timeout_s``: a hang fails the test."""
-    # One Prefect home for every CLI run of the session: its database is made once (a fresh home costs each run
-    # about 7 s more); the runs are one after another, so they never share it at the same time.
-    env = {**os.environ, "VAE_ANOMALY_HOME": str(home), "PREFECT_HOME": str(home / "prefect-cli")}
-    env.pop("PREFECT_API_URL", None)
+    env = cli_env(home)
     return subprocess.run([sys.executable, *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout_s)
 
 
@@ -40,7 +37,6 @@ CLI_CASES = [
     "no-header",
     "duplicate-columns",
     "not-utf8",
-    "semicolon",
     "unclosed-quote",
     "truncated-parquet",
     "not-found",

@@ -1,6 +1,5 @@
 """The CLIs as a user runs them: subprocesses, exit codes, one-line errors, no tracebacks."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,14 +7,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.conftest import cli_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(args: list[str], home: Path, tmp: Path) -> subprocess.CompletedProcess:
-    # One Prefect home for every CLI run of the session: its database is made once (a fresh home costs each run
-    # about 7 s more); the runs are one after another, so they never share it at the same time.
-    env = {**os.environ, "VAE_ANOMALY_HOME": str(home), "PREFECT_HOME": str(home / "prefect-cli")}
-    env.pop("PREFECT_API_URL", None)
+def _run(
+    args: list[str], home: Path, tmp: Path, ephemeral: bool = False, **env_vars: str
+) -> subprocess.CompletedProcess:
+    """``python ARGS`` as a user runs it, with ``env_vars`` set (see ``tests.conftest.cli_env``)."""
+    env = cli_env(home, ephemeral, **env_vars)
     return subprocess.run([sys.executable, *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -37,6 +38,7 @@ def test_score_cli_writes_one_report_row_per_input_row(registered_model, session
         ],
         session_home,
         tmp_path,
+        ephemeral=True,  # the embedded default: Prefect's ephemeral API
     )
     assert r.returncode == 0, r.stderr
     first = pd.read_csv(tmp_path / "reports" / "first.anomalies.csv", dtype={"id": str})

@@ -34,7 +34,7 @@ def test_a_partitioned_dataset_scored_on_a_two_worker_cluster_matches_scoring_in
 ):
     from prefect_dask import DaskTaskRunner
 
-    from flows.score import score
+    from flows.score_flow import score
 
     df, _ = test_table
     ds = tmp_path / "sales"
@@ -73,7 +73,7 @@ def test_a_partitioned_dataset_scored_on_a_two_worker_cluster_matches_scoring_in
 def test_loading_the_model_leaves_sys_path_as_it_was(registered_model):
     """MLflow prepends the model's code snapshot to sys.path; Dask worker processes copy sys.path, so they would
     import that stale copy of pipeline/ (a task then fails to deserialize and the flow waits forever)."""
-    from flows.score import load_model
+    from flows.score_flow import load_model
 
     before = list(sys.path)
     model = load_model.fn("models:/test-model@champion")

@@ -14,7 +14,9 @@ import pytest
 import flows.explore
 import flows.inbox
 import flows.score
+import flows.score_flow
 import flows.train
+import flows.train_flow
 from flows import tracking
 
 
@@ -92,8 +94,8 @@ def test_cli_size_arguments_have_upper_bounds_checked_before_any_flow(case, monk
     module, argv, message = CLI_CASES[case]
     monkeypatch.chdir(tmp_path)
     for name, attr in [
-        ("flows.train", "train"),
-        ("flows.score", "score"),
+        ("flows.train_flow", "train"),
+        ("flows.score_flow", "score"),
         ("flows.inbox", "score_inbox"),
         ("flows.inbox", "serve"),
     ]:

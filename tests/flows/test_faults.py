@@ -8,18 +8,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.report import atomic_writer, build_report, remove_stale_temporaries, write_csv_atomic
-from tests.conftest import make_table
+from pipeline.score.report import atomic_writer, build_report, remove_stale_temporaries, write_csv_atomic
+from tests.conftest import cli_env, make_table
 from tests.flows.test_cli import ROOT
 
 WRITER = """
 import sys, time
-from pipeline.report import atomic_writer
+from pipeline.score.report import atomic_writer
 with atomic_writer(sys.argv[1]) as f:
     f.write("row,score\\n0,1.5\\n")
     f.flush()
@@ -27,12 +26,6 @@ with atomic_writer(sys.argv[1]) as f:
     time.sleep(60)
     f.write("1,2.5\\n")
 """
-
-
-def _env(home: Path, tmp: Path) -> dict[str, str]:
-    env = {**os.environ, "VAE_ANOMALY_HOME": str(home), "PREFECT_HOME": str(tmp / "prefect-cli")}
-    env.pop("PREFECT_API_URL", None)
-    return env
 
 
 def test_writer_killed_mid_write_leaves_no_file_and_the_next_write_cleans_up(tmp_path):
@@ -73,7 +66,7 @@ def test_score_cli_killed_at_random_points_never_leaves_a_partial_report(registe
     out = tmp_path / "out"
     final = out / "big.anomalies.csv"
     cmd = [sys.executable, "-m", "flows.score", str(src), "--model", "models:/test-model@champion", "--out", str(out)]
-    env = _env(session_home, tmp_path)
+    env = cli_env(session_home)
 
     t0 = time.monotonic()
     first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from flows.config import ScoreConfig, TrainConfig
-from flows.score import BatchFailed, score
+from flows.score_flow import BatchFailed, score
 from flows.tracking import load_model
-from flows.train import train
+from flows.train_flow import train
 from pipeline.errors import InputError, ModelError
 from tests.conftest import make_table
 
@@ -78,13 +78,15 @@ def test_train_flow_reports_bad_data_without_registering(prefect_harness, tmp_pa
 
 
 def test_load_model_tasks_can_run_without_prefect(registered_model):
-    from flows.score import load_model as load_model_task
+    from flows.score_flow import load_model as load_model_task
 
     model = load_model_task.fn("models:/test-model@champion", "table")  # the task's body, no flow run
     assert model.version == registered_model["version"] and model.detector.threshold_ > 0
     with pytest.raises(ModelError, match="no-such-alias") as missing:
         load_model_task.fn("models:/test-model@no-such-alias")
-    assert missing.value.exit_code == 3
+    assert missing.value.exit_code == 3 and "test-model has aliases @champion (v" in str(missing.value)
+    with pytest.raises(ModelError, match=r"registered models: .*test-model"):  # an unknown name lists the names
+        load_model_task.fn("models:/no-such-model@champion")
     with pytest.raises(InputError, match="the inputs are images but model models:/test-model@champion is a table"):
         load_model_task.fn("models:/test-model@champion", "image")
 

@@ -21,7 +21,7 @@ from mlflow.pyfunc import scoring_server
 
 from flows.pyfunc import DETECTOR_ARTIFACT, pyfunc_signature
 from flows.tracking import PROJECT_DIR
-from pipeline.scoring import model_threads
+from pipeline.score.scoring import model_threads
 from tests.conftest import make_table
 
 FEATURES = ["a", "b", "c", "d", "color", "shape"]

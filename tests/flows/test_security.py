@@ -1,7 +1,6 @@
 """Security: formula cells in reports, weights that would run code, credentials in the tracking URI."""
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,9 +10,9 @@ import pytest
 import torch
 
 from flows.settings import redact
-from pipeline.detector import VAEAnomalyDetector
+from pipeline.detect.detector import VAEAnomalyDetector
 from pipeline.errors import ModelError
-from pipeline.scoring import score_file
+from pipeline.score.scoring import score_file
 from tests.conftest import make_table
 from tests.flows.test_cli import _run
 
@@ -184,7 +183,7 @@ def test_inputs_that_would_share_a_report_are_refused_before_scoring(registered_
 
 def test_the_same_input_twice_is_refused_and_distinct_stems_each_get_a_report(tmp_path):
     from pipeline.errors import InputError
-    from pipeline.inbox_discovery import expand_inputs
+    from pipeline.inbox.discovery import expand_inputs
 
     a = tmp_path / "a.csv"
     a.write_text("x\n1\n")
@@ -197,7 +196,7 @@ def test_the_same_input_twice_is_refused_and_distinct_stems_each_get_a_report(tm
 
 
 def test_formula_column_names_are_neutralised_in_the_report_header(fitted_detector, tmp_path):
-    from pipeline.report import csv_header
+    from pipeline.score.report import csv_header
 
     df, _ = make_table(6, seed=7)
     name = "=cmd|' /C calc'!A0"
@@ -229,17 +228,14 @@ def test_redact_hides_credentials(text, expected):
 def test_unreachable_tracking_server_fails_fast_with_code_4_and_no_credentials(tmp_path, session_home):
     src = tmp_path / "batch.csv"
     make_table(5)[0].to_csv(src, index=False)
-    os.environ["MLFLOW_TRACKING_URI"] = "http://user:secret@127.0.0.1:9"
-    try:
-        t0 = time.monotonic()
-        r = _run(
-            ["-m", "flows.score", str(src), "--model", "models:/m@champion", "--out", str(tmp_path / "o")],
-            session_home,
-            tmp_path,
-        )
-        seconds = time.monotonic() - t0
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
+    t0 = time.monotonic()
+    r = _run(
+        ["-m", "flows.score", str(src), "--model", "models:/m@champion", "--out", str(tmp_path / "o")],
+        session_home,
+        tmp_path,
+        MLFLOW_TRACKING_URI="http://user:secret@127.0.0.1:9",
+    )
+    seconds = time.monotonic() - t0
     assert r.returncode == 4, r.stderr
     assert seconds < 75
     errors = [line for line in r.stderr.splitlines() if line.startswith("python -m flows.score: error:")]

@@ -17,7 +17,7 @@ import pytest
 
 from flows import tracking
 from flows.tracking import TrackingUnavailable
-from tests.conftest import make_table
+from tests.conftest import cli_env, make_table
 
 ALIAS_ENDPOINT = "/api/2.0/mlflow/registered-models/alias"
 
@@ -77,21 +77,8 @@ def tracking_at(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], Non
 
 
 def harness_env(home: Path, tmp: Path, **extra: str) -> dict[str, str]:
-    """Environment for a CLI subprocess that reuses the session's Prefect test server (no start-up of its own).
-
-    MLflow URIs are not inherited: ``mlflow.set_tracking_uri`` / ``set_registry_uri`` in this process export
-    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, and a registry URI left over would win in ``mlflow models serve``.
-    """
-    from prefect.settings import PREFECT_API_URL
-
-    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    return {
-        **inherited,
-        "VAE_ANOMALY_HOME": str(home),
-        "PREFECT_HOME": str(tmp / "prefect-cli"),
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        **extra,
-    }
+    """Environment for a CLI subprocess that reuses the session's Prefect test server (no start-up of its own)."""
+    return cli_env(home, **extra)
 
 
 @pytest.mark.parametrize("foreign_server", [(404, b"<!DOCTYPE HTML><title>Not Found</title>")], indirect=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.manifest import Manifest
+from pipeline.inbox.manifest import Manifest
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

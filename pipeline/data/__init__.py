@@ -1,0 +1,1 @@
+"""Reading inputs: tables (CSV/Parquet), schema inference and checks, preprocessing, splits, images."""

@@ -1,0 +1,178 @@
+"""Scoring one input file into a report and its summary (no orchestration), streaming.
+
+Design (bounded memory whatever the file size):
+
+- The file is read in chunks (:func:`pipeline.data.io.iter_table`), re-cut to exactly ``chunk_rows``
+  rows, a multiple of the detector's ``SCORE_CHUNK``: the model then sees the same torch batches
+  as when the whole file is scored at once, so scores are bit-identical whatever the read chunking.
+- Each chunk is validated (schema errors name the file, the column and the row counted over the
+  whole file), scored and explained, and its report lines are written to the temporary file of
+  :func:`pipeline.score.report.atomic_writer`, renamed into place only once every row is written.
+- Nothing per row is kept for the whole file with the default rules: the health check's KS counts
+  (:class:`pipeline.calibrate.health.KSCounter`) and the flag count are updated chunk by chunk. Labels, ``fdr``
+  and ``f1_optimal`` need every score at the end: then the scores (float64, 8 bytes/row), flags and
+  labels (1 byte/row each) are kept, and the whole-file steps run after the memory the chunks freed is
+  handed back to the OS (``malloc_trim``).
+- Columns that depend on the whole batch (``threshold``, ``is_anomaly``, ``q_value`` under
+  ``fdr``; ``threshold`` and ``is_anomaly`` under ``f1_optimal`` with labels) cannot be written in
+  the first pass. The other columns of each chunk are then spilled, typed, to an Arrow IPC stream
+  in a temporary file; a second pass reads the spill back chunk by chunk, adds those columns
+  from the in-memory scores and writes the report. With the default rules (``alpha``,
+  ``conditional``) every column is known per row and the report is written in one pass.
+- Reading, scoring and writing overlap: the next chunk is read in a background thread and the
+  previous chunk is formatted and written in another while the model scores the current one.
+
+The report's bytes depend only on the model and the input: the same as scoring the file whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.calibrate.rules import FlagRule
+from pipeline.data.io import iter_table
+from pipeline.detect.detector import VAEAnomalyDetector
+from pipeline.detect.detector_scoring import SCORE_CHUNK
+from pipeline.errors import InputError
+from pipeline.score.html_report import HTML_SUFFIX, write_html_report
+from pipeline.score.report import REPORT_SUFFIX, atomic_writer, report_path
+from pipeline.score.score_errors import check_finite
+from pipeline.score.score_run import ATTRIBUTION, Progress, ScoreRun
+from pipeline.score.score_stream import file_sha256, limit_malloc_arenas, prefetch, recut
+from pipeline.score.summary import ScoreSummary
+
+# Rows per chunk. Measured with 21 numeric columns (1 M rows, `benchmarks.scoring`): 4 x 65,536 rows peaked at
+# 1.3 GB RSS, 65,536 at 1,016-1,036 MB with the hidden-layer density terms, 32,768 at 796 MB for the same time.
+CHUNK_ROWS = SCORE_CHUNK
+
+
+def score_file(
+    det: VAEAnomalyDetector,
+    path: str | Path,
+    out_dir: str | Path,
+    model_uri: str = "",
+    model_name: str | None = None,
+    model_version: str | None = None,
+    rule: FlagRule | None = None,
+    label_column: str | None = None,
+    f1_optimal: bool = False,
+    *,
+    chunk_rows: int = CHUNK_ROWS,
+    read_rows: int | None = None,
+    progress: Progress | None = None,
+    torch_threads: int | None = None,
+) -> ScoreSummary:
+    """Score every row of ``path`` and write ``<out_dir>/<stem>.anomalies.csv`` atomically, streaming, and the
+    batch's page ``<stem>.report.html`` beside it.
+
+    Args:
+        rule: how rows are flagged; default: p <= the model's alpha (its calibrated threshold).
+        label_column: a 0/1 column (1 = anomaly) of the input, for precision/recall/F1/AUROC/AUPRC;
+            defaults to the model's label column when the input has it.
+        f1_optimal: with labels that include anomalies, flag at the F1-optimal threshold instead.
+        chunk_rows: rows scored per chunk; rounded up to a multiple of ``SCORE_CHUNK``.
+        read_rows: rows per read from the file (default ``chunk_rows``); any value gives the same report.
+        progress: see :data:`Progress`.
+        torch_threads: threads of the model while scoring (restored afterwards); default one core less
+            than this process may use, at least 1: reading and writing run on the remaining core.
+
+    Raises:
+        InputError: unreadable file, schema mismatch (names column and row), a score that overflows,
+            bad labels or level, or unwritable output.
+    """
+    t0 = time.perf_counter()
+    p = Path(path)
+    rule = rule or FlagRule("alpha", det.alpha)
+    target = report_path(out_dir, p)
+    ensure_out_dir(target.parent)
+    chunk_rows = max(-(-chunk_rows // SCORE_CHUNK), 1) * SCORE_CHUNK
+    limit_malloc_arenas()
+    run = ScoreRun(det, p, rule, label_column, f1_optimal, target.parent)
+    chunks = recut(iter_table(p, det.schema_.id_columns, read_rows or chunk_rows, run.read_position), chunk_rows)
+    with scoring_threads(torch_threads), ThreadPoolExecutor(max_workers=3, thread_name_prefix="vae-anomaly-io") as pool:
+        digest = pool.submit(file_sha256, p)  # reads the file once more, beside the scoring
+        try:
+            with atomic_writer(target) as out:
+                run.write_report(prefetch(chunks, pool), out, pool, progress)
+        except OSError as e:
+            raise InputError(f"cannot write report {target}: {e.strerror or e}") from e
+        input_sha256 = digest.result()
+    summary = run.summary(target, input_sha256, model_uri, model_name, model_version, time.perf_counter() - t0)
+    page = target.with_name(target.name.replace(REPORT_SUFFIX, HTML_SUFFIX))
+    columns = ["row", *det.schema_.id_columns, "score", "p_value", *ATTRIBUTION, "missing"]
+    try:
+        write_html_report(summary.to_dict(), run.histogram, run.top.rows, page, columns, missing_rows=run.missing_rows)
+    except OSError as e:
+        raise InputError(f"cannot write report {page}: {e.strerror or e}") from e
+    return dataclasses.replace(summary, report_html=str(page))
+
+
+@contextlib.contextmanager
+def scoring_threads(threads: int | None = None) -> Iterator[int]:
+    """Run torch on ``threads`` (default :func:`model_threads`) inside the block; restore the previous count after.
+
+    The thread policy of every scoring path: the CLI's :func:`score_file` and the MLflow pyfunc's predict
+    (which MLflow's scoring server runs on a worker thread that otherwise keeps torch's default, all cores).
+    Yields the thread count in use.
+    """
+    previous = torch.get_num_threads()
+    n = threads or model_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(previous)
+
+
+def model_threads() -> int:
+    """One core less than this process may use, at least 1.
+
+    Measured on a shared 2-core machine: with 2 torch threads and the other core busy, scoring was
+    up to 10x slower than with 1 thread; the spare core reads and writes in the meantime.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(cores - 1, 1)
+
+
+def score_features(det: VAEAnomalyDetector, features: pd.DataFrame, source: str = "input") -> np.ndarray:
+    """(n,) scores of validated ``features``; every score is finite.
+
+    Raises:
+        InputError: a row's score overflows (a value far outside the training range, e.g. 1e308):
+            names the row, the column and the value.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected by check_finite, row by row
+        scores = det.score_validated(features)
+    check_finite(det, features, scores, source)
+    return scores
+
+
+def ensure_out_dir(path: str | Path) -> Path:
+    """Create the report folder if needed.
+
+    Raises:
+        InputError: it cannot be created, or is not a writable folder.
+    """
+    d = Path(path)
+    if d.exists() and not d.is_dir():
+        raise InputError(f"output folder {d} exists and is not a folder")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create output folder {d}: {e.strerror or e}") from e
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise InputError(f"output folder {d} is not writable")
+    return d
