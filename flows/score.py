@@ -35,12 +35,15 @@ def preflight(config: ScoreConfig) -> list[Exception]:
 
     headers: dict[str, list[str] | None] = {}
     errors: list[Exception] = []
-    for source, _ in config.jobs():
+    jobs = config.jobs()
+    for source, _ in jobs:
         if config.kind == "table":
             try:
                 headers[str(source)] = read_header(str(source))
             except InputError as e:
                 errors.append(e)
+    if errors and len(errors) == len(jobs):  # nothing readable: no need to ask the registry
+        return errors
     facts = tracking.model_facts(config.model_uri())
     config.check_model_kind(facts.kind)
     if facts.schema is None:

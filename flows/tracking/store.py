@@ -113,9 +113,10 @@ def _not_mlflow_answer(e: Exception, text: str) -> tuple[str, str] | None:
     return None
 
 
-def first_line(e: BaseException) -> str:
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of ``e``'s message (at most ``limit`` characters), URI credentials redacted."""
     text = str(e).strip()
-    return redact(text.splitlines()[0][:200] if text else type(e).__name__)
+    return redact(text.splitlines()[0][:limit] if text else type(e).__name__)
 
 
 def _confined_source(client: Any, name: str, version: str) -> str:
@@ -136,7 +137,7 @@ def _confined_source(client: Any, name: str, version: str) -> str:
         root = artifact_root().resolve()
         if not local.is_relative_to(root):
             raise ModelError(
-                f"model models:/{name}/{version} is stored at {local}, outside the store's artifact root "
+                f"its files are stored at {local}, outside the store's artifact root "
                 f"{root}: refused (models load only from the configured store)"
             )
     return f"models:/{name}/{version}"
@@ -237,8 +238,8 @@ def load_model(model_uri: str) -> ResolvedModel:
     try:
         version = _version(client, name, alias, version)
         model = mlflow.pyfunc.load_model(_confined_source(client, name, version))
-    except ModelError as e:
-        raise ModelError(f"model {model_uri} cannot be loaded: {first_line(e)}") from e
+    except ModelError as e:  # files outside the store, a poisoned or incomplete model folder
+        raise ModelError(f"model {model_uri} cannot be loaded: {first_line(e, 1000)}") from e
     except Exception as e:
         raise _registry_error(e, isinstance(e, MlflowException), client, model_uri, name, uri, "loaded") from e
     finally:
