@@ -75,6 +75,19 @@ def orchestration(module: str) -> Any:
     return mod
 
 
+def add_dask_arguments(p: argparse.ArgumentParser, title: str) -> None:
+    """The options of :class:`flows.config.DaskOptions`, as one argument group."""
+    dask = p.add_argument_group(title)
+    dask.add_argument("--dask-address", default=None, help="scheduler of an existing cluster, e.g. tcp://host:8786")
+    dask.add_argument("--dask-workers", type=int, default=None, help="start a LocalCluster with N workers")
+    dask.add_argument(
+        "--dask-threads",
+        dest="dask_processes",
+        action="store_false",
+        help="LocalCluster workers are threads of this process, not processes",
+    )
+
+
 def csv_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 

@@ -35,10 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.images == "only":
             image_demo(args.data_dir / "images", args.out / "images", f"{args.model_name}-images")
             return explore_demo(args.data_dir / "digits", args.out / "explore", f"{args.model_name}-digits")
-        from sklearn.metrics import roc_auc_score
 
-        from flows.score import print_summary
-        from flows.score_flow import score
         from flows.train_flow import train
         from pipeline.data.demo import make_demo_data
 
@@ -53,20 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{summary['epochs']} epochs on {summary['device']}, threshold {summary['threshold']:.4g} "
             f"at alpha={summary['alpha']}"
         )
-        uri = f"models:/{args.model_name}@champion"
-        [s] = score(ScoreConfig(kind="table", inputs=files.new_batch, model=uri, out=args.out))
+        s = score_against_labels("table", files.new_batch, args.model_name, args.out, files.labels, "txn_id")
         t3 = time.perf_counter()
-        print_summary(s)
-        report = pd.read_csv(s["report"], dtype={"txn_id": str})
-        labels = pd.read_csv(files.labels, dtype={"txn_id": str})
-        merged = report.merge(labels, on="txn_id", suffixes=("", "_true"))
-        auroc = roc_auc_score(merged["is_anomaly_true"], merged["score"])
-        tp = int(((merged["is_anomaly"] == 1) & (merged["is_anomaly_true"] == 1)).sum())
-        print(
-            f"demo batch: AUROC {auroc:.3f} against the injected labels; {tp} of "
-            f"{int(merged['is_anomaly_true'].sum())} injected anomalies flagged, "
-            f"{int(merged['is_anomaly'].sum()) - tp} normal rows flagged"
-        )
         print(f"timings: data {t1 - t0:.1f}s, train flow {t2 - t1:.1f}s, score flow {t3 - t2:.1f}s")
         print(
             f"MLflow store: {redact(tracking_uri())}; open the UI with:\n"
@@ -81,12 +66,31 @@ def main(argv: list[str] | None = None) -> int:
     return run("python -m flows.demo", body)
 
 
-def image_demo(data_dir: Path, out: Path, model_name: str) -> int:
-    """Digit 0 of scikit-learn's 8x8 digits is normal: train on its PNGs, score a batch of 0s and other digits."""
+def score_against_labels(kind: str, batch: Path, model_name: str, out: Path, labels: Path, key: str) -> dict:
+    """Score a demo batch with the model's champion, print its summary and how it did against the batch's labels
+    (``is_anomaly``, 1 = anomaly, joined on ``key``); returns the summary."""
     from sklearn.metrics import roc_auc_score
 
     from flows.score import print_summary
     from flows.score_flow import score
+
+    [s] = score(ScoreConfig(kind=kind, inputs=batch, model=f"models:/{model_name}@champion", out=out))
+    print_summary(s)
+    merged = pd.read_csv(s["report"], dtype={key: str}).merge(
+        pd.read_csv(labels, dtype={key: str}), on=key, suffixes=("", "_true")
+    )
+    truth, flagged = merged["is_anomaly_true"] == 1, merged["is_anomaly"] == 1
+    unit = "images" if kind == "image" else "rows"
+    print(
+        f"{kind} demo batch: AUROC {roc_auc_score(truth, merged['score']):.3f} against its labels; "
+        f"{int((flagged & truth).sum())} of {int(truth.sum())} anomalies flagged, "
+        f"{int((flagged & ~truth).sum())} normal {unit} flagged"
+    )
+    return s
+
+
+def image_demo(data_dir: Path, out: Path, model_name: str) -> int:
+    """Digit 0 of scikit-learn's 8x8 digits is normal: train on its PNGs, score a batch of 0s and other digits."""
     from flows.train_flow import train
     from pipeline.data.image_demo import make_digit_images
 
@@ -100,17 +104,8 @@ def image_demo(data_dir: Path, out: Path, model_name: str) -> int:
         f"{summary['epochs']} epochs on {summary['device']}, {summary['train']} training images "
         f"{summary['image_size']} {summary['image_mode']}, threshold {summary['threshold']:.4g} at alpha=0.05"
     )
-    [s] = score(ScoreConfig(kind="image", inputs=files.new_batch, model=f"models:/{model_name}@champion", out=out))
+    s = score_against_labels("image", files.new_batch, model_name, out, files.labels, "path")
     t2 = time.perf_counter()
-    print_summary(s)
-    report = pd.read_csv(s["report"]).merge(pd.read_csv(files.labels), on="path", suffixes=("", "_true"))
-    auroc = roc_auc_score(report["is_anomaly_true"], report["score"])
-    tp = int(((report["is_anomaly"] == 1) & (report["is_anomaly_true"] == 1)).sum())
-    print(
-        f"image demo batch: AUROC {auroc:.3f} (digit 0 normal, other digits anomalies); {tp} of "
-        f"{int(report['is_anomaly_true'].sum())} anomalies flagged, {int(report['is_anomaly'].sum()) - tp} "
-        f"normal images flagged"
-    )
     print(f"image timings: data + train flow {t1 - t0:.1f}s, score flow {t2 - t1:.1f}s")
     print(f"IMAGE REPORT: {s['report']}")
     print(f"CONTACT SHEET: {s['contact_sheet']}")

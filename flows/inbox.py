@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.cli import EXIT_INPUT, ArgumentParser, orchestration, run
+from flows.cli import EXIT_INPUT, ArgumentParser, add_dask_arguments, orchestration, run
 from flows.config import InboxConfig
 from flows.parallel import run_each
 from flows.settings import redact
@@ -175,15 +175,7 @@ def build_parser() -> ArgumentParser:
     rule = p.add_mutually_exclusive_group()
     rule.add_argument("--alpha", type=float, default=None, help="flag rows with conformal p-value <= A")
     rule.add_argument("--fdr", type=float, default=None, help="Benjamini-Hochberg over each file at level Q")
-    dask = p.add_argument_group("parallel scoring on Dask (default: one file after another)")
-    dask.add_argument("--dask-address", default=None, help="scheduler of an existing cluster, e.g. tcp://host:8786")
-    dask.add_argument("--dask-workers", type=int, default=None, help="start a LocalCluster with N workers")
-    dask.add_argument(
-        "--dask-threads",
-        dest="dask_processes",
-        action="store_false",
-        help="LocalCluster workers are threads of this process, not processes",
-    )
+    add_dask_arguments(p, "parallel scoring on Dask (default: one file after another)")
     mode = p.add_argument_group("when (default: --once)")
     mode.add_argument("--once", action="store_true", help="score the new files now, then exit")
     mode.add_argument(

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows.cli import EXIT_OK, ArgumentParser, one_line, orchestration, run
+from flows.cli import EXIT_OK, ArgumentParser, add_dask_arguments, one_line, orchestration, run
 from flows.config import ScoreConfig
 
 
@@ -92,15 +92,7 @@ def build_parser() -> ArgumentParser:
     )
     i = p.add_argument_group("images")
     i.add_argument("--top-k", type=int, default=None, help="images on the contact sheet (default: 16)")
-    dask = p.add_argument_group("parallel scoring on Dask, one task per input or dataset part (default: in order)")
-    dask.add_argument("--dask-address", default=None, help="scheduler of an existing cluster, e.g. tcp://host:8786")
-    dask.add_argument("--dask-workers", type=int, default=None, help="start a LocalCluster with N workers")
-    dask.add_argument(
-        "--dask-threads",
-        dest="dask_processes",
-        action="store_false",
-        help="LocalCluster workers are threads of this process, not processes",
-    )
+    add_dask_arguments(p, "parallel scoring on Dask, one task per input or dataset part (default: in order)")
     return p
 
 

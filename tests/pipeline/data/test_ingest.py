@@ -235,3 +235,13 @@ def test_a_glob_keeps_regular_files_and_skips_a_fifo_as_a_folder_walk_does(tmp_p
     os.unlink(tmp_path / "a.png")
     err = call_within(lambda: read_images([str(tmp_path / "*.png")]), [fifo])
     assert isinstance(err, InputError) and "matches no .png/.jpg/.jpeg/.bmp image" in str(err)
+
+
+def test_all_digits_are_written_one_folder_per_digit_for_the_explore_demo(tmp_path):
+    from pipeline.data.image_demo import write_all_digits
+    from pipeline.data.images import read_training_images
+
+    root = write_all_digits(tmp_path / "digits")
+    assert sorted(p.name for p in root.iterdir()) == [str(d) for d in range(10)]
+    images = read_training_images(root)
+    assert len(images) == 1797 and images.pixels.shape[1:] == (1, 8, 8) and not any(images.errors)

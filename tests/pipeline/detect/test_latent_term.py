@@ -25,21 +25,17 @@ def _images(n: int, seed: int) -> np.ndarray:
     return np.clip(x, 0, 1).astype(np.float32)
 
 
+def _tiny(**params: object) -> ImageVAEDetector:
+    """A tiny conv VAE detector (3-d latent, 2 epochs on CPU) with ``params`` on top."""
+    defaults = {"alpha": 0.1, "latent_dim": 3, "conv_channels": (4, 8), "hidden": 16}
+    return ImageVAEDetector(**defaults, **params, train_config=ImageTrainConfig(max_epochs=2, device="cpu"))
+
+
 @pytest.fixture(scope="module")
 def fitted() -> tuple[ImageVAEDetector, np.ndarray]:
     """Two tiny VAEs (2 epochs) with the latent term on (k=1, w=0.7), and their 150 training images."""
     X = _images(150, 0)
-    det = ImageVAEDetector(
-        alpha=0.1,
-        latent_dim=3,
-        conv_channels=(4, 8),
-        hidden=16,
-        n_models=2,
-        latent_k=1,
-        latent_weight=0.7,
-        density_space="latent",
-        train_config=ImageTrainConfig(max_epochs=2, device="cpu"),
-    )
+    det = _tiny(n_models=2, latent_k=1, latent_weight=0.7, density_space="latent")
     return det.fit(X), X
 
 
@@ -118,17 +114,7 @@ def _unit(f: np.ndarray) -> np.ndarray:
 
 def test_conv_density_terms_are_the_distances_between_feature_maps_raw_and_at_unit_length(tmp_path):
     X = _images(150, 0)
-    det = ImageVAEDetector(
-        alpha=0.1,
-        latent_dim=3,
-        conv_channels=(4, 8),
-        hidden=16,
-        latent_k=2,
-        latent_weight=1.5,
-        cosine_weight=3.0,
-        density_space="conv",
-        train_config=ImageTrainConfig(max_epochs=2, device="cpu"),
-    ).fit(X)
+    det = _tiny(latent_k=2, latent_weight=1.5, cosine_weight=3.0, density_space="conv").fit(X)
     m = det.models_[0]
     split = split_rows(len(X), det.val_fraction, det.cal_fraction, det.seed)
     train, val, new = _conv(m, X), _conv(m, X[split.val]), _images(40, 3)  # references: all 150 images
