@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from flows.kinds import DEFAULT_MODEL_NAME, IMAGE_ONLY, TABLE_ONLY, check_model_kind, input_kind
 from flows.model_uri import parse_model_uri
 from pipeline.calibrate.rules import FlagRule
 
@@ -18,41 +19,6 @@ DASK_WORKERS_MAX = 64  # LocalCluster worker processes, each with its own torch 
 # A registered name that models:/NAME@ALIAS can load back (flows/model_uri.py): no '/' or '@', not only dots.
 MODEL_NAME = r"^[^/@]*[^/@.][^/@]*$"
 SEED_MAX = 2**31 - 1  # numpy seeds are 0..2**32 - 1: room for an ensemble's seed, seed + 1, ...
-
-
-KINDS = ("table", "image")
-DEFAULT_MODEL_NAME = {"table": "vae-anomaly", "image": "vae-anomaly-images"}
-
-
-def input_kind(first: str) -> str:
-    """The kind of data an input holds: images for a folder, an image file, a glob or an IDX file
-    (``*-idx3-ubyte[.gz]``); a table otherwise (a ``.npz`` file is a table unless the kind says image)."""
-    from pipeline.data.images import IDX_PATTERN, looks_like_images
-
-    if Path(first).suffix.lower() != ".npz" and (looks_like_images(first) or IDX_PATTERN.search(first)):
-        return "image"
-    return "table"
-
-
-TABLE_ONLY = ("id_columns", "label_column", "categorical_columns", "segment_column", "trim_fraction")
-IMAGE_ONLY = ("normal_label", "likelihood", "score_method", "n_models")
-
-
-def check_model_kind(kind: str, model_kind: str, model_uri: str) -> None:
-    """Refuse to score ``kind`` data (table or image) with a model of the other kind.
-
-    Raises:
-        InputError: the model is not a ``kind`` model; the message says which to give.
-    """
-    if model_kind == kind:
-        return
-    from pipeline.errors import InputError
-
-    raise InputError(
-        f"the inputs are {kind}s but model {model_uri} is {'an' if model_kind == 'image' else 'a'} "
-        f"{model_kind} model: give a{'n image' if kind == 'image' else ' table'} model with --model, "
-        f"or {model_kind}s to score"
-    )
 
 
 def _paths(v: object) -> object:

@@ -15,7 +15,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import tracking
 from flows.cli import one_line
-from flows.config import ScoreConfig, check_model_kind
+from flows.config import ScoreConfig
+from flows.kinds import check_model_kind
 from flows.parallel import run_each
 from flows.progress import progress_bar
 from pipeline.errors import InputError

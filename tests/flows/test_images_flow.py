@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.config import ScoreConfig, TrainConfig, input_kind
+from flows.config import ScoreConfig, TrainConfig
+from flows.kinds import input_kind
 
 
 @pytest.fixture(scope="session")

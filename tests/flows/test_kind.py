@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.config import input_kind
+from flows.kinds import input_kind
 
 
 def test_a_folder_of_parquet_parts_is_a_table_dataset_and_a_folder_of_pngs_is_images(tmp_path):
