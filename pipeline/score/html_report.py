@@ -71,7 +71,11 @@ def histogram_png(hist: ScoreHistogram, threshold: float, unit: str) -> bytes:
     cal_n = max(int(hist.calibration.sum()), 1)
     batch_n = max(int(hist.counts.sum()) + hist.above + hist.below, 1)
     ax.bar(centers, hist.calibration / cal_n, width=width, alpha=0.5, label=f"calibration (normal {unit}, n={cal_n})")
-    ax.bar(centers, hist.counts / batch_n, width=width, alpha=0.6, label=f"this batch (n={batch_n})")
+    bars = ax.bar(centers, hist.counts / batch_n, width=width, alpha=0.6, label=f"this batch (n={batch_n})")
+    if hist.above:  # one bar for the scores past the calibration range, so that no part of the batch is hidden
+        x = hist.edges[-1] + 3 * width
+        ax.bar([x], [hist.above / batch_n], width=2 * width, alpha=0.6, color=bars.patches[0].get_facecolor())
+        ax.annotate(f"> {hist.edges[-1]:.3g}", (x, hist.above / batch_n), ha="center", va="bottom", fontsize=8)
     ax.axvline(threshold, color="crimson", linestyle="--", label=f"threshold {threshold:.4g}")
     ax.set_xlabel("anomaly score (higher = more anomalous)")
     ax.set_ylabel(f"share of {unit}")
@@ -139,7 +143,11 @@ def write_html_report(
     )
     facts = {
         "input": s["input"],
-        "model": f"{s['model_name']} v{s['model_version']} ({s['model_uri']})",
+        "model": (
+            f"{s['model_name']} v{s['model_version']} ({s['model_uri']})"
+            if s.get("model_name")
+            else s.get("model_uri") or "a detector outside the registry"
+        ),
         unit: f"{s['rows']:,}" + (f" ({s['errors']} could not be decoded)" if s.get("errors") else ""),
         "flagged": f"{s['flagged']:,} ({s['flagged_fraction']:.2%})",
         **({"with missing cells": f"{missing_rows:,}"} if missing_rows is not None else {}),
@@ -157,7 +165,10 @@ def write_html_report(
     )
     outside = ""
     if hist.above or hist.below:
-        outside = f"<p>{hist.above:,} {unit} score above the plotted range and {hist.below:,} below it.</p>"
+        outside = (
+            f"<p>{hist.above:,} {unit} score above the calibration scores' range (the bar on the right) and "
+            f"{hist.below:,} below it.</p>"
+        )
     sheet = ""
     if contact_sheet is not None and Path(contact_sheet).is_file():
         sheet = "<h2>Most anomalous images</h2>" + _img(Path(contact_sheet).read_bytes(), "contact sheet")
