@@ -13,10 +13,11 @@ The model kind supplies its loss (the likelihood lives with the model) and its i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -36,6 +37,18 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was asked for but torch.cuda.is_available() is False")
     return torch.device(device)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """torch on ``n`` threads inside the block (unchanged when None); the previous count restored after."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def fixed_eps(latent_dim: int, k: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -85,115 +98,98 @@ def fit_members(
     if any(len(t) == 0 for t in train_rows) or any(len(v) == 0 for v in val_rows):
         raise ValueError("fit_members needs training and validation rows for every member, got an empty set")
     device = resolve_device(plan.device)
-    previous = torch.get_num_threads()
-    if device.type == "cpu" and plan.cpu_threads:
-        torch.set_num_threads(plan.cpu_threads)
-    try:
-        return _fit(models, kind, pool, train_rows, val_rows, plan, seeds, device, check)
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _fit(
-    models: Sequence[nn.Module],
-    kind: ModelKind,
-    pool: Any,
-    train_rows: Sequence[torch.Tensor],
-    val_rows: Sequence[torch.Tensor],
-    plan: FitPlan,
-    seeds: Sequence[int],
-    device: torch.device,
-    check: EpochCheck | None = None,
-) -> list[TrainHistory]:
-    for model, seed in zip(models, seeds, strict=True):  # same init for the same seed, whatever ran before
-        torch.manual_seed(seed)
-        kind.init(model)
-        model.to(device)
-    pool = type(pool)(*(t.to(device) for t in pool)) if isinstance(pool, tuple) else pool.to(device)
-    m, bs, latent = len(models), plan.batch_size, kind.latent_dim(models[0])
-    ens = Ensemble(models, kind)
-    opt = optimizer(ens, kind, plan)
-    train = [t.to(device) for t in train_rows]
-    n_max = max(len(t) for t in train)
-    steps = math.ceil(n_max / bs)
-    sched = scheduler(opt, plan, plan.max_epochs * steps)
-    gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    val, val_counts = padded(val_rows, device)
-    val_eps = fixed_eps(latent, plan.val_draws, device)
-    hists = [TrainHistory(device=str(device), batch_size=bs) for _ in range(m)]
-    best = {k: v.detach().clone() for k, v in ens.params.items()}
-    active = torch.ones(m, dtype=torch.bool, device=device)
-    bad = [0] * m
-    t0, seen = time.perf_counter(), 0
-    use_bf16 = plan.bf16_cuda if device.type == "cuda" else plan.bf16_cpu
-    for epoch in range(plan.max_epochs):
-        beta = plan.beta * min(1.0, (epoch + 1) / plan.kl_warmup_epochs) if plan.kl_warmup_epochs else plan.beta
-        positions = torch.arange(steps * bs, device=device)
-        order = torch.stack(
-            [
-                t[torch.randperm(len(t), device=device, generator=g)][positions % len(t)]
-                for t, g in zip(train, gens, strict=True)
-            ]
+    with _threads(plan.cpu_threads if device.type == "cpu" else None):
+        for model, seed in zip(models, seeds, strict=True):  # same init for the same seed, whatever ran before
+            torch.manual_seed(seed)
+            kind.init(model)
+            model.to(device)
+        pool = type(pool)(*(t.to(device) for t in pool)) if isinstance(pool, tuple) else pool.to(device)
+        m, bs, latent = len(models), plan.batch_size, kind.latent_dim(models[0])
+        ens = Ensemble(models, kind)
+        opt = optimizer(ens, kind, plan)
+        train = [t.to(device) for t in train_rows]
+        n_max = max(len(t) for t in train)
+        steps = math.ceil(n_max / bs)
+        sched = scheduler(opt, plan, plan.max_epochs * steps)
+        gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        val, val_counts = padded(val_rows, device)
+        val_eps = fixed_eps(latent, plan.val_draws, device)
+        hists = [TrainHistory(device=str(device), batch_size=bs) for _ in range(m)]
+        best = {k: v.detach().clone() for k, v in ens.params.items()}
+        active = torch.ones(m, dtype=torch.bool, device=device)
+        bad = [0] * m
+        t0, seen = time.perf_counter(), 0
+        use_bf16 = plan.bf16_cuda if device.type == "cuda" else plan.bf16_cpu
+        for epoch in range(plan.max_epochs):
+            beta = plan.beta * min(1.0, (epoch + 1) / plan.kl_warmup_epochs) if plan.kl_warmup_epochs else plan.beta
+            positions = torch.arange(steps * bs, device=device)
+            order = torch.stack(
+                [
+                    t[torch.randperm(len(t), device=device, generator=g)][positions % len(t)]
+                    for t, g in zip(train, gens, strict=True)
+                ]
+            )
+            eps = torch.stack([torch.randn((steps * bs, latent), device=device, generator=g) for g in gens])
+            epoch_loss = torch.zeros(m, device=device)
+            weight = active.float()
+            for s in range(steps):
+                cols = slice(s * bs, (s + 1) * bs)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    rows_loss = ens.losses(take(pool, order[:, cols]), eps[:, cols].unsqueeze(1), beta, plan.free_bits)
+                rows_loss = rows_loss.float()
+                if plan.trim_fraction > 0:  # contaminated training data: drop the worst-fitting rows of the batch
+                    keep = max(int(bs * (1.0 - plan.trim_fraction)), 1)
+                    rows_loss = torch.topk(rows_loss, keep, dim=1, largest=False).values
+                loss = rows_loss.mean(dim=1)
+                opt.zero_grad(set_to_none=True)
+                (loss * weight).sum().backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                if not bool(active.all()):
+                    restore(ens, best, ~active)  # a stopped member no longer changes
+                epoch_loss += loss.detach() * bs
+            seen += int(active.sum()) * steps * bs
+            vals = validation_losses(ens, pool, val, val_counts, val_eps, plan.val_trim)
+            improved = torch.zeros(m, dtype=torch.bool, device=device)
+            for i in range(m):
+                if not bool(active[i]):
+                    continue
+                h, v = hists[i], vals[i]
+                h.train_loss.append(float(epoch_loss[i]) / (steps * bs))
+                h.val_loss.append(v)
+                # Up to min_epochs every epoch replaces the snapshot and resets the best-so-far loss,
+                # so neither early stopping nor the restored weights can come from the early plateau.
+                warm = epoch + 1 <= plan.min_epochs
+                if warm or v < h.best_val_loss - plan.min_delta * abs(h.best_val_loss) or h.best_epoch < 0:
+                    h.best_val_loss, h.best_epoch, bad[i] = v, epoch, 0
+                    improved[i] = True
+                else:
+                    bad[i] += 1
+                    if bad[i] >= plan.patience:
+                        h.stopped_early = True
+                        active[i] = False
+                if not math.isfinite(v):
+                    raise FloatingPointError(
+                        f"validation loss became {v} at epoch {epoch} (member {i}); try a lower lr"
+                    )
+            snapshot(ens, best, improved)
+            if not bool(active.any()):
+                break
+            if check is not None and epoch + 1 == check[0] and check_stops(ens, models, check[1]):
+                for h in hists:
+                    h.stopped_by_check = True
+                break
+        seconds = time.perf_counter() - t0
+        for i, model in enumerate(models):
+            model.load_state_dict({k: v[i].clone() for k, v in best.items()})
+            model.to("cpu").eval()
+            hists[i].seconds = seconds
+            hists[i].samples_per_s = seen / max(seconds, 1e-9)
+        log.info(
+            "trained %d members for %d epochs on %s in %.1fs", m, max(len(h.train_loss) for h in hists), device, seconds
         )
-        eps = torch.stack([torch.randn((steps * bs, latent), device=device, generator=g) for g in gens])
-        epoch_loss = torch.zeros(m, device=device)
-        weight = active.float()
-        for s in range(steps):
-            cols = slice(s * bs, (s + 1) * bs)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                rows_loss = ens.losses(take(pool, order[:, cols]), eps[:, cols].unsqueeze(1), beta, plan.free_bits)
-            rows_loss = rows_loss.float()
-            if plan.trim_fraction > 0:  # contaminated training data: drop the worst-fitting rows of the batch
-                keep = max(int(bs * (1.0 - plan.trim_fraction)), 1)
-                rows_loss = torch.topk(rows_loss, keep, dim=1, largest=False).values
-            loss = rows_loss.mean(dim=1)
-            opt.zero_grad(set_to_none=True)
-            (loss * weight).sum().backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            if not bool(active.all()):
-                restore(ens, best, ~active)  # a stopped member no longer changes
-            epoch_loss += loss.detach() * bs
-        seen += int(active.sum()) * steps * bs
-        vals = validation_losses(ens, pool, val, val_counts, val_eps, plan.val_trim)
-        improved = torch.zeros(m, dtype=torch.bool, device=device)
-        for i in range(m):
-            if not bool(active[i]):
-                continue
-            h, v = hists[i], vals[i]
-            h.train_loss.append(float(epoch_loss[i]) / (steps * bs))
-            h.val_loss.append(v)
-            # Up to min_epochs every epoch replaces the snapshot and resets the best-so-far loss,
-            # so neither early stopping nor the restored weights can come from the early plateau.
-            warm = epoch + 1 <= plan.min_epochs
-            if warm or v < h.best_val_loss - plan.min_delta * abs(h.best_val_loss) or h.best_epoch < 0:
-                h.best_val_loss, h.best_epoch, bad[i] = v, epoch, 0
-                improved[i] = True
-            else:
-                bad[i] += 1
-                if bad[i] >= plan.patience:
-                    h.stopped_early = True
-                    active[i] = False
-            if not math.isfinite(v):
-                raise FloatingPointError(f"validation loss became {v} at epoch {epoch} (member {i}); try a lower lr")
-        snapshot(ens, best, improved)
-        if not bool(active.any()):
-            break
-        if check is not None and epoch + 1 == check[0] and check_stops(ens, models, check[1]):
-            for h in hists:
-                h.stopped_by_check = True
-            break
-    seconds = time.perf_counter() - t0
-    for i, model in enumerate(models):
-        model.load_state_dict({k: v[i].clone() for k, v in best.items()})
-        model.to("cpu").eval()
-        hists[i].seconds = seconds
-        hists[i].samples_per_s = seen / max(seconds, 1e-9)
-    log.info(
-        "trained %d members for %d epochs on %s in %.1fs", m, max(len(h.train_loss) for h in hists), device, seconds
-    )
-    return hists
+        return hists
 
 
 def fit_one(model: nn.Module, kind: ModelKind, train: Any, val: Any, plan: FitPlan, seed: int) -> TrainHistory:

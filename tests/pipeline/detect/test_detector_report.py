@@ -217,25 +217,25 @@ def _conditional_nll(m, batch, groups: int) -> np.ndarray:
     return total
 
 
+def _small_fit(df: pd.DataFrame, epochs: int, **params: object) -> VAEAnomalyDetector:
+    """A detector at alpha 0.1 with id column ``id``, fitted for ``epochs`` epochs with ``params`` on top."""
+    from vae.config import TrainConfig
+
+    return VAEAnomalyDetector(alpha=0.1, id_columns=["id"], train_config=TrainConfig(max_epochs=epochs), **params).fit(
+        df
+    )
+
+
 def test_hidden_density_terms_follow_their_formula_and_survive_save_load(tmp_path):
     """Density space: the encoder's last hidden layer; the codes as they are, at unit length and centred at unit
     length, each term standardised on the validation rows, and the likelihood part the mean of the standardised
     -ELBO and masked conditional NLL; checked against distances computed by brute force."""
-    from vae.config import TrainConfig
     from vae.score import encoder_features, score_rows
 
     df, _ = make_table(400, seed=7)
-    det = VAEAnomalyDetector(
-        alpha=0.1,
-        id_columns=["id"],
-        n_models=2,
-        latent_k=2,
-        latent_weight=0.7,
-        cosine_weight=1.3,
-        centred_weight=0.9,
-        conditional_groups=3,
-        train_config=TrainConfig(max_epochs=5),
-    ).fit(df)
+    det = _small_fit(
+        df, 5, n_models=2, latent_k=2, latent_weight=0.7, cosine_weight=1.3, centred_weight=0.9, conditional_groups=3
+    )
     width = det.model_config_.hidden[-1]
     assert det.density_space == "hidden" and det.density_weights() == [0.7, 1.3, 0.9]
     assert det.score_scale_.shape == (2, 10)  # -ELBO, 3 density terms, conditional NLL: (median, IQR) each
@@ -296,18 +296,9 @@ def test_hidden_density_terms_follow_their_formula_and_survive_save_load(tmp_pat
 
 
 def test_a_term_of_weight_zero_is_not_searched_and_changes_nothing():
-    from vae.config import TrainConfig
 
     df, _ = make_table(300, seed=4)
-    det = VAEAnomalyDetector(
-        alpha=0.1,
-        id_columns=["id"],
-        n_models=1,
-        latent_weight=0.0,
-        cosine_weight=1.0,
-        centred_weight=1.0,
-        train_config=TrainConfig(max_epochs=3),
-    ).fit(df)
+    det = _small_fit(df, 3, n_models=1, latent_weight=0.0, cosine_weight=1.0, centred_weight=1.0)
     det.score_samples(df.head(5))
     assert det._latent_knns()[0][0] is None and det._latent_knns()[0][1] is not None
 
