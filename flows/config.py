@@ -111,16 +111,19 @@ class TrainConfig(BaseModel):
             from vae.config import ImageTrainConfig as ImageTrainerConfig
 
             given = {"max_epochs": self.max_epochs, "batch_size": self.batch_size}
+            options = {  # unset: the detector's own defaults
+                "latent_dim": self.latent_dim,
+                "likelihood": self.likelihood,
+                "score_method": self.score_method,
+                "n_models": self.n_models,
+            }
             return ImageVAEDetector(
                 alpha=self.alpha,
-                latent_dim=self.latent_dim or 16,
-                likelihood=self.likelihood or "gaussian",
-                score_method=self.score_method or "recon",
-                n_models=self.n_models or 1,
                 seed=self.seed,
                 train_config=ImageTrainerConfig(
                     seed=self.seed, device=self.device, **{k: v for k, v in given.items() if v is not None}
                 ),
+                **{k: v for k, v in options.items() if v is not None},
             )
         from pipeline.detect.detector import VAEAnomalyDetector
 

@@ -21,9 +21,9 @@ from flows.cli import EXIT_OK, ArgumentParser, add_dask_arguments, one_line, orc
 from flows.config import ScoreConfig
 
 
-def preflight(config: ScoreConfig) -> list[Exception]:
-    """Check, before the flow starts, what would fail in it; returns each input's error (a missing or
-    unreadable file, a table without the columns the model needs), in input order.
+def preflight(config: ScoreConfig) -> tuple[int, list[Exception]]:
+    """Check, before the flow starts, what would fail in it; returns how many inputs there are and each input's
+    error (a missing or unreadable file, a table without the columns the model needs), in input order.
 
     Raises:
         InputError: inputs that would share a report, or a model of the other kind.
@@ -43,11 +43,11 @@ def preflight(config: ScoreConfig) -> list[Exception]:
             except InputError as e:
                 errors.append(e)
     if errors and len(errors) == len(jobs):  # nothing readable: no need to ask the registry
-        return errors
+        return len(jobs), errors
     facts = tracking.model_facts(config.model_uri())
     config.check_model_kind(facts.kind)
     if facts.schema is None:
-        return errors
+        return len(jobs), errors
     from pipeline.data.schema import Schema
 
     schema = Schema.from_dict(facts.schema)
@@ -57,7 +57,7 @@ def preflight(config: ScoreConfig) -> list[Exception]:
                 schema.check_columns(header, source)
         except InputError as e:
             errors.append(e)
-    return errors
+    return len(jobs), errors
 
 
 def build_parser() -> ArgumentParser:
@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         config = ScoreConfig(**{k: v for k, v in vars(args).items() if v is not None})
-        refused = preflight(config)
-        if refused and len(refused) == len(config.jobs()):  # nothing to score: answer now, without Prefect
+        n_inputs, refused = preflight(config)
+        if refused and len(refused) == n_inputs:  # nothing to score: answer now, without Prefect
             return report_batch(prog, [], refused)
         flow = orchestration("flows.score_flow")
         try:
