@@ -144,10 +144,10 @@ def run(prog: str, body: Callable[[], int]) -> int:
         return EXIT_FAILURE
 
 
-def one_line(e: BaseException) -> str:
-    """The first line of an exception's message (at most 500 characters)."""
+def one_line(e: BaseException, limit: int = 500) -> str:
+    """The first line of an exception's message (at most ``limit`` characters)."""
     text = str(e).strip()
-    return text.splitlines()[0][:500] if text else type(e).__name__
+    return text.splitlines()[0][:limit] if text else type(e).__name__
 
 
 def print_registered(summary: dict[str, Any]) -> None:

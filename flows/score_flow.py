@@ -19,7 +19,6 @@ from flows.config import ScoreConfig
 from flows.kinds import check_model_kind
 from flows.parallel import run_each
 from flows.progress import progress_bar
-from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +75,7 @@ def score_input(
                 f1_optimal=config.f1_optimal,
                 progress=progress,
             )
-    target = Path(s.report).with_name(Path(s.report).name.replace(".anomalies.csv", ".summary.json"))
-    try:
-        write_summary(s, target)
-    except OSError as e:
-        raise InputError(f"cannot write summary {target}: {e.strerror or e}") from e
+    write_summary(s)
     return s.to_dict()
 
 

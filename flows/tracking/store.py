@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flows.cli import one_line
 from flows.model_uri import parse_model_uri
 from flows.settings import artifact_root, redact, tracking_uri
 from pipeline.errors import ModelError
@@ -115,8 +116,7 @@ def _not_mlflow_answer(e: Exception, text: str) -> tuple[str, str] | None:
 
 def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of ``e``'s message (at most ``limit`` characters), URI credentials redacted."""
-    text = str(e).strip()
-    return redact(text.splitlines()[0][:limit] if text else type(e).__name__)
+    return redact(one_line(e, limit))
 
 
 def _confined_source(client: Any, name: str, version: str) -> str:

@@ -137,7 +137,7 @@ def _calibration(det: Detector) -> dict[str, Any]:
         if seg is None
         else {
             "column": seg.column,
-            "calibration_rows": {v: len(c) for v, c in zip(seg.values, seg.calibration, strict=True)},
+            "calibration_rows": seg.calibration_rows(),
             "thresholds": dict(zip(seg.values, seg.thresholds(det.alpha), strict=True)),
             "pooled (too few calibration rows)": seg.small,
         },

@@ -73,6 +73,10 @@ class Segments:
         need = min_calibration_rows(level)
         return [conformal_threshold(c, level) if len(c) >= need else None for c in self.calibration]
 
+    def calibration_rows(self) -> dict[str, int]:
+        """Each segment with its own threshold, and its number of calibration rows."""
+        return {v: len(c) for v, c in zip(self.values, self.calibration, strict=True)}
+
     def to_dict(self) -> dict[str, object]:
         return {"column": self.column, "values": self.values, "small": self.small}
 

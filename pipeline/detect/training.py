@@ -30,10 +30,6 @@ class TrainingData:
     images: ImageSet | None = None
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def kind(self) -> str:
-        return "table" if self.frame is not None else "image"
-
 
 def read_training_data(det: Detector, sources: list[str], normal_label: int | None = None) -> TrainingData:
     """Read what ``det`` trains on: one table (CSV/Parquet), or images (folders, files, globs, IDX/.npz).
@@ -171,7 +167,7 @@ def training_summary(det: Detector, data: TrainingData, fit_seconds: float) -> d
         out["calibration"] = det.calibration_description()
         if det.segments_ is not None:
             seg = det.segments_
-            out["segments"] = {v: len(c) for v, c in zip(seg.values, seg.calibration, strict=True)}
+            out["segments"] = seg.calibration_rows()
             out["segments_pooled"] = seg.small
     out.update(det.n_rows_)
     if data.images is not None:

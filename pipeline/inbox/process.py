@@ -36,7 +36,9 @@ from pipeline.inbox.discovery import (
     stat_of,
 )
 from pipeline.inbox.manifest import Claim, Fingerprint, Manifest, Skip
+from pipeline.score.html_report import HTML_SUFFIX
 from pipeline.score.report import REPORT_SUFFIX, write_text_atomic
+from pipeline.score.summary import SUMMARY_SUFFIX, beside, write_summary
 
 if TYPE_CHECKING:  # the scoring stack (torch) is imported only when a table is scored
     from pipeline.calibrate.rules import FlagRule
@@ -106,14 +108,9 @@ def score_table(
         InputError: as :func:`pipeline.score.scoring.score_file`, or the summary cannot be written.
     """
     from pipeline.score.scoring import score_file
-    from pipeline.score.summary import write_summary
 
     s = score_file(det, path, out_dir, model_uri, model_name, model_version, rule=rule)
-    target = Path(s.report).with_name(f"{Path(path).stem}.summary.json")
-    try:
-        write_summary(s, target)
-    except OSError as e:
-        raise InputError(f"cannot write summary {target}: {e.strerror or e}") from e
+    write_summary(s)
     return s.to_dict()
 
 
@@ -184,10 +181,8 @@ def _record(item: Item, manifest: Manifest, claim: Claim, summary: dict[str, Any
             f"{item.rel} changed while it was scored (sha256 {fp.sha256[:12]} when claimed): report "
             "withdrawn; the new content is scored once it settles"
         )
-        for p in (
-            Path(summary["report"]),
-            Path(summary["report"]).with_name(Path(summary["report"]).name.replace(REPORT_SUFFIX, ".summary.json")),
-        ):
+        report = Path(summary["report"])
+        for p in (report, beside(report, SUMMARY_SUFFIX), beside(report, HTML_SUFFIX)):
             p.unlink(missing_ok=True)
         manifest.finish(claim, "changed", error=error)
         log.warning(error)

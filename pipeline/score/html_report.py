@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import InputError
 from pipeline.score.report import write_text_atomic
+from pipeline.score.summary import beside
 
 HTML_SUFFIX = ".report.html"
 TOP_ROWS = 50  # flagged rows listed on the page, highest scores first
@@ -119,18 +121,21 @@ def write_html_report(
     summary: dict[str, Any],
     hist: ScoreHistogram,
     top: pd.DataFrame | None,
-    path: str | Path,
     columns: Sequence[str] = (),
     contact_sheet: str | Path | None = None,
     missing_rows: int | None = None,
 ) -> Path:
-    """Write the batch's page at ``path`` (atomically): no script, no remote resource; figures are inline PNGs.
+    """Write the batch's page, ``<stem>.report.html`` beside its report (atomically): no script, no remote
+    resource; figures are inline PNGs.
 
     Args:
         summary: the batch's :class:`ScoreSummary` as a dict.
         top: the flagged rows to list (highest scores first); ``columns`` picks and orders their columns.
         contact_sheet: an image batch's contact sheet, shown as it is.
         missing_rows: rows with at least one empty feature cell (tables).
+
+    Raises:
+        InputError: the page cannot be written.
     """
     unit = "images" if "contact_sheet" in summary else "rows"
     s, h = summary, summary["health"]
@@ -188,4 +193,8 @@ def write_html_report(
         + f"<h2>Flagged {unit}, highest scores first (at most {TOP_ROWS})</h2>{listed}{sheet}"
         + "</body></html>\n"
     )
-    return write_text_atomic(page, path)
+    target = beside(s["report"], HTML_SUFFIX)
+    try:
+        return write_text_atomic(page, target)
+    except OSError as e:
+        raise InputError(f"cannot write report {target}: {e.strerror or e}") from e

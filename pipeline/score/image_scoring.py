@@ -27,7 +27,7 @@ from pipeline.data.images import ImageSet, batch_name, digest, read_images
 from pipeline.data.paths import confined_file
 from pipeline.detect.image_detector import ImageVAEDetector
 from pipeline.errors import InputError
-from pipeline.score.html_report import HTML_SUFFIX, ScoreHistogram, TopFlagged, write_html_report
+from pipeline.score.html_report import ScoreHistogram, TopFlagged, write_html_report
 from pipeline.score.image_plots import contact_sheet
 from pipeline.score.report import REPORT_SUFFIX, write_csv_atomic
 from pipeline.score.summary import ScoreSummary
@@ -147,11 +147,7 @@ def score_images_batch(
     hist.add(scores)
     top = TopFlagged()
     top.add(report)
-    page = out / f"{name}{HTML_SUFFIX}"
-    try:
-        write_html_report(summary.to_dict(), hist, top.rows, page, ["path", "score", "p_value"], sheet)
-    except OSError as e:
-        raise InputError(f"cannot write report {page}: {e.strerror or e}") from e
+    page = write_html_report(summary.to_dict(), hist, top.rows, ["path", "score", "p_value"], sheet)
     return dataclasses.replace(summary, report_html=str(page))
 
 

@@ -44,8 +44,8 @@ from pipeline.data.io import iter_table
 from pipeline.detect.detector import VAEAnomalyDetector
 from pipeline.detect.detector_scoring import SCORE_CHUNK
 from pipeline.errors import InputError
-from pipeline.score.html_report import HTML_SUFFIX, write_html_report
-from pipeline.score.report import REPORT_SUFFIX, atomic_writer, report_path
+from pipeline.score.html_report import write_html_report
+from pipeline.score.report import atomic_writer, report_path
 from pipeline.score.score_errors import check_finite
 from pipeline.score.score_run import ATTRIBUTION, Progress, ScoreRun
 from pipeline.score.score_stream import file_sha256, limit_malloc_arenas, prefetch, recut
@@ -108,12 +108,8 @@ def score_file(
             raise InputError(f"cannot write report {target}: {e.strerror or e}") from e
         input_sha256 = digest.result()
     summary = run.summary(target, input_sha256, model_uri, model_name, model_version, time.perf_counter() - t0)
-    page = target.with_name(target.name.replace(REPORT_SUFFIX, HTML_SUFFIX))
     columns = ["row", *det.schema_.id_columns, "score", "p_value", *ATTRIBUTION, "missing"]
-    try:
-        write_html_report(summary.to_dict(), run.histogram, run.top.rows, page, columns, missing_rows=run.missing_rows)
-    except OSError as e:
-        raise InputError(f"cannot write report {page}: {e.strerror or e}") from e
+    page = write_html_report(summary.to_dict(), run.histogram, run.top.rows, columns, missing_rows=run.missing_rows)
     return dataclasses.replace(summary, report_html=str(page))
 
 

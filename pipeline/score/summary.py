@@ -7,7 +7,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pipeline.score.report import write_text_atomic
+from pipeline.errors import InputError
+from pipeline.score.report import REPORT_SUFFIX, write_text_atomic
+
+SUMMARY_SUFFIX = ".summary.json"
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,20 @@ class ScoreSummary:
         return d
 
 
-def write_summary(summary: ScoreSummary, path: str | Path) -> Path:
-    """The summary as JSON (``<stem>.summary.json`` beside the report)."""
-    return write_text_atomic(json.dumps(summary.to_dict(), indent=1, default=str), path)
+def beside(report: str | Path, suffix: str) -> Path:
+    """The file with ``suffix`` beside a report ``<stem>.anomalies.csv``: ``<stem><suffix>``."""
+    p = Path(report)
+    return p.with_name(p.name.removesuffix(REPORT_SUFFIX) + suffix)
+
+
+def write_summary(summary: ScoreSummary) -> Path:
+    """The summary as JSON, ``<stem>.summary.json`` beside its report.
+
+    Raises:
+        InputError: the file cannot be written.
+    """
+    target = beside(summary.report, SUMMARY_SUFFIX)
+    try:
+        return write_text_atomic(json.dumps(summary.to_dict(), indent=1, default=str), target)
+    except OSError as e:
+        raise InputError(f"cannot write summary {target}: {e.strerror or e}") from e

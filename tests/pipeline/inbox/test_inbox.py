@@ -164,13 +164,15 @@ def test_a_file_changed_while_scored_has_its_report_withdrawn_and_the_new_conten
 
     def appending(path: Path, out_dir: Path) -> dict:
         summary = _fake_scorer()(path, out_dir)
+        for suffix in (".summary.json", ".report.html"):  # what a real scorer writes beside the report
+            (out_dir / f"{path.stem}{suffix}").write_text("of the old content")
         with open(path, "a") as f:  # the writer was not done after all
             f.write("3,4\n")
         return summary
 
     [o] = _run(box, m, appending)
     assert o.status == "changed" and "changed while it was scored" in o.error
-    assert not (box["outbox"] / "grow.anomalies.csv").exists()
+    assert sorted(p.name for p in box["outbox"].glob("grow.*")) == []  # report, summary and page withdrawn
     _old(src)
     [again] = _run(box, m, _fake_scorer())
     assert again.status == "done" and (box["outbox"] / "grow.anomalies.csv").read_text().endswith("3,4\n")
