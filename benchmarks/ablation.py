@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.protocol import add_protocol_arguments, default_data_dir, find_datasets, load_dataset, split
+from benchmarks.protocol import add_protocol_arguments, run_datasets, split
 
 # cosine-decayed lr from 3e-3 over the whole budget, no early stop, best validation snapshot after 50 epochs
 _COS: dict[str, Any] = {"lr": 3e-3, "lr_schedule": "cosine", "min_epochs": 50, "patience": 100000}
@@ -146,24 +146,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="*", default=None)
     add_protocol_arguments(p, Path("benchmarks/results/ablation.csv"))
     args = p.parse_args(argv)
-    import pandas as pd
 
-    paths = find_datasets(args.data_dir or default_data_dir(), args.datasets)
-    rows = []
-    for path in paths:
-        x, y = load_dataset(path)
+    def trials(x: np.ndarray, y: np.ndarray) -> Iterator[dict[str, Any]]:
         for name in args.variants:
             for seed in range(args.seeds):
-                r = {"dataset": path.stem, **run_variant(name, VARIANTS[name], x, y, seed, args.alpha)}
-                rows.append(r)
-                print(
-                    f"{path.stem:12s} {name:10s} seed={seed} auroc={r['auroc']:.4f} fpr={r['threshold_fpr']:.3f} "
-                    f"fit={r['fit_s']:.1f}s epochs={r['epochs']} best={r['best_epoch']}",
-                    flush=True,
-                )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows).to_csv(args.out, index=False)
-    df = pd.DataFrame(rows)
+                yield run_variant(name, VARIANTS[name], x, y, seed, args.alpha)
+
+    df = run_datasets(
+        args,
+        trials,
+        lambda r: (
+            f"{r['dataset']:12s} {r['variant']:10s} seed={r['seed']} auroc={r['auroc']:.4f} "
+            f"fpr={r['threshold_fpr']:.3f} fit={r['fit_s']:.1f}s epochs={r['epochs']} best={r['best_epoch']}"
+        ),
+    )
     table = df.groupby(["dataset", "variant"])["auroc"].mean().unstack("variant")[args.variants]
     print(table.round(4).to_string())
     print("mean AUROC:", table.mean().round(4).to_dict())

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.protocol import add_protocol_arguments, default_data_dir, find_datasets, load_dataset, split
+from benchmarks.protocol import add_protocol_arguments, run_datasets, split
 
 
 def contaminated_split(y: np.ndarray, seed: int, rate: float) -> tuple[np.ndarray, np.ndarray, int]:
@@ -63,23 +63,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="*", default=None)
     add_protocol_arguments(p, Path("benchmarks/results/contamination.csv"))
     args = p.parse_args(argv)
-    import pandas as pd
 
-    rows = []
-    for path in find_datasets(args.data_dir or default_data_dir(), args.datasets):
-        x, y = load_dataset(path)
+    def trials(x: np.ndarray, y: np.ndarray) -> Iterator[dict[str, Any]]:
         for seed in range(args.seeds):
             for trim in (0.0, args.contamination):
-                r = {"dataset": path.stem, **run(x, y, seed, args.contamination, trim, args.alpha)}
-                rows.append(r)
-                print(
-                    f"{path.stem:12s} seed={seed} trim={trim:.2f} moved={r['moved_anomalies']} "
-                    f"auroc={r['auroc']:.4f} fpr={r['threshold_fpr']:.3f} fit={r['fit_s']:.1f}s",
-                    flush=True,
-                )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows).to_csv(args.out, index=False)
-    df = pd.DataFrame(rows)
+                yield run(x, y, seed, args.contamination, trim, args.alpha)
+
+    df = run_datasets(
+        args,
+        trials,
+        lambda r: (
+            f"{r['dataset']:12s} seed={r['seed']} trim={r['trim']:.2f} moved={r['moved_anomalies']} "
+            f"auroc={r['auroc']:.4f} fpr={r['threshold_fpr']:.3f} fit={r['fit_s']:.1f}s"
+        ),
+    )
     table = df.groupby(["dataset", "trim"])["auroc"].mean().unstack("trim")
     table.columns = [f"trim={c:g}" for c in table.columns]
     print(table.round(4).to_string())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +113,25 @@ def add_protocol_arguments(p: argparse.ArgumentParser, default_out: Path) -> Non
         help="target false-positive rate of every threshold (default 0.05)",
     )
     p.add_argument("--out", type=Path, default=default_out, help=f"result CSV (default {default_out})")
+
+
+Trials = Callable[[np.ndarray, np.ndarray], Iterator[dict[str, Any]]]
+
+
+def run_datasets(args: argparse.Namespace, trials: Trials, line: Callable[[dict[str, Any]], str]) -> Any:
+    """Every result row of ``trials(x, y)`` over the datasets ``args`` names, as a DataFrame.
+
+    Each row gets its ``dataset`` and is printed with ``line``; ``args.out`` is rewritten after every dataset,
+    so an interrupted run keeps the datasets it finished.
+    """
+    import pandas as pd
+
+    rows: list[dict[str, Any]] = []
+    for path in find_datasets(args.data_dir or default_data_dir(), args.datasets):
+        x, y = load_dataset(path)
+        for result in trials(x, y):
+            rows.append({"dataset": path.stem, **result})
+            print(line(rows[-1]), flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(args.out, index=False)
+    return pd.DataFrame(rows)

@@ -1,10 +1,12 @@
 """The benchmark harness's contract: its CSV columns, one row per dataset x seed x method, the protocol."""
 
+import argparse
+
 import numpy as np
 import pandas as pd
 
 from benchmarks.calibration import check
-from benchmarks.protocol import split
+from benchmarks.protocol import run_datasets, split
 from benchmarks.tabular import main
 
 # the contract other tools read: these columns, in this order, lead every results CSV
@@ -60,3 +62,22 @@ def test_harness_writes_the_contract_csv(tmp_path):
     }
     text, _ = check(out, 0.05, "vae-anomaly", 1000)
     assert "### Cross-conformal thresholds" in text and "| toy | 1 | 350 |" in text
+
+
+def test_run_datasets_names_each_row_and_keeps_finished_datasets(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, n in (("a", 3), ("b", 5)):
+        np.savez(data / f"{name}.npz", X=np.zeros((n, 2)), y=np.zeros(n, dtype=int))
+    args = argparse.Namespace(data_dir=data, datasets=None, out=tmp_path / "out" / "r.csv")
+
+    def trials(x, y):
+        for seed in range(2):
+            if len(x) == 5 and seed == 1:
+                assert pd.read_csv(args.out)["dataset"].tolist() == ["a", "a"]  # written after dataset a
+            yield {"seed": seed, "rows": len(x)}
+
+    df = run_datasets(args, trials, lambda r: f"{r['dataset']} {r['seed']}")
+    assert df.to_dict("list") == {"dataset": ["a", "a", "b", "b"], "seed": [0, 1, 0, 1], "rows": [3, 3, 5, 5]}
+    assert capsys.readouterr().out.split("\n")[:4] == ["a 0", "a 1", "b 0", "b 1"]
+    assert pd.read_csv(args.out).equals(df)
