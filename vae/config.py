@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     from vae.fit_plan import FitPlan
@@ -12,8 +13,27 @@ if TYPE_CHECKING:
 LIKELIHOODS = ("gaussian", "student_t", "laplace")
 
 
+class Serialisable:
+    """``to_dict`` and ``from_dict`` of a frozen config dataclass saved as JSON with a model."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
+        """The config that ``to_dict`` wrote, read back from JSON: lists become tuples again, a field the dict
+        lacks (written by an older version) keeps its default, and keys of fields that no longer exist are
+        ignored. Values are checked by the class's ``__post_init__``."""
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: _tuples(v) for k, v in d.items() if k in names})
+
+
+def _tuples(v: Any) -> Any:
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Serialisable):
     """Shape of a :class:`vae.model.TabularVAE`.
 
     Attributes:
@@ -85,24 +105,9 @@ class ModelConfig:
             latent_dim=int(latent_dim),
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        return cls(
-            n_numeric=int(d["n_numeric"]),
-            cat_cardinalities=tuple(int(k) for k in d["cat_cardinalities"]),
-            hidden=tuple(int(h) for h in d["hidden"]),
-            latent_dim=int(d["latent_dim"]),
-            min_log_var=float(d.get("min_log_var", -6.0)),
-            likelihood=str(d.get("likelihood", "gaussian")),
-            nu=float(d.get("nu", 4.0)),
-        )
-
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Serialisable):
     """Settings of the table VAEs' training (:func:`vae.trainer.fit_members` through :meth:`plan`).
 
     Attributes:
@@ -190,9 +195,6 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def resolved_epochs(self, n_train: int) -> tuple[int, int]:
         """(max_epochs, patience) for ``n_train`` training rows."""
         steps_per_epoch = math.ceil(n_train / self.resolved_batch_size(n_train))
@@ -231,7 +233,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class ImageTrainConfig:
+class ImageTrainConfig(Serialisable):
     """Settings of the image VAEs' training (:func:`vae.trainer.fit_members` through :meth:`plan`).
 
     Attributes:
@@ -277,9 +279,6 @@ class ImageTrainConfig:
             raise ValueError(f"lr must be > 0 and beta >= 0, got {self.lr!r} and {self.beta!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def resolved_batch_size(self, n_train: int) -> int:
         return self.batch_size or int(min(max(n_train // 16, 16), 128))

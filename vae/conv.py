@@ -19,13 +19,13 @@ output is cropped back, so the same network shape serves 8x8 digits and 28x28 Fa
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vae.config import Serialisable
 from vae.fit_plan import ModelKind
 from vae.trainer import fixed_eps
 
@@ -41,7 +41,7 @@ VAR_LR_FACTOR = 10.0  # the log-variances learn 10x faster than the network's we
 
 
 @dataclass(frozen=True)
-class ConvVAEConfig:
+class ConvVAEConfig(Serialisable):
     """Shape of a :class:`ConvVAE`.
 
     Attributes:
@@ -91,22 +91,6 @@ class ConvVAEConfig:
     def feature_dim(self) -> int:
         """Values in that feature map (the length of :meth:`ConvVAE.conv_features`' rows)."""
         return math.prod(self.feature_grid)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ConvVAEConfig:
-        return cls(
-            channels=int(d["channels"]),
-            height=int(d["height"]),
-            width=int(d["width"]),
-            latent_dim=int(d["latent_dim"]),
-            conv_channels=tuple(int(c) for c in d["conv_channels"]),
-            hidden=int(d["hidden"]),
-            likelihood=str(d["likelihood"]),
-            min_log_var=float(d["min_log_var"]),
-        )
 
 
 class ConvVAE(nn.Module):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ import pandas as pd
 
 from pipeline.data.split import MIN_ROWS
 from pipeline.errors import SchemaError
+from vae.config import Serialisable
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ MAX_CATEGORIES = 200
 
 
 @dataclass(frozen=True)
-class Schema:
+class Schema(Serialisable):
     """Column roles. Feature order is the order the model sees them in."""
 
     numeric: tuple[str, ...]
@@ -35,18 +36,6 @@ class Schema:
     @property
     def features(self) -> tuple[str, ...]:
         return self.numeric + self.categorical
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Schema:
-        return cls(
-            numeric=tuple(d["numeric"]),
-            categorical=tuple(d["categorical"]),
-            id_columns=tuple(d.get("id_columns", ())),
-            label_column=d.get("label_column"),
-        )
 
     def check_columns(self, columns: list[str], source: str = "input", require_ids: bool = True) -> None:
         """Check a table's column names (its header) against the schema.

@@ -196,7 +196,7 @@ class VAEAnomalyDetector(TableFitting):
         det = cls(
             **{k: v for k, v in p.items() if k != "hidden"},
             hidden=tuple(p["hidden"]) if p["hidden"] else None,
-            train_config=TrainConfig(**meta["train_config"]) if meta["train_config"] else None,
+            train_config=TrainConfig.from_dict(meta["train_config"]) if meta["train_config"] else None,
         )
         det.schema_ = Schema.from_dict(meta["schema"])
         det.preprocessor_ = Preprocessor.from_dict(det.schema_, meta["preprocessor"])

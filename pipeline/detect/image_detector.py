@@ -313,7 +313,7 @@ class ImageVAEDetector(EnsembleDetector):
     @classmethod
     def _from_meta(cls, meta: dict[str, Any]) -> ImageVAEDetector:
         p = dict(meta["params"], conv_channels=tuple(meta["params"]["conv_channels"]))
-        tc = ImageTrainConfig(**meta["train_config"]) if meta["train_config"] else None
+        tc = ImageTrainConfig.from_dict(meta["train_config"]) if meta["train_config"] else None
         det = cls(**p, train_config=tc)
         det.config_ = ConvVAEConfig.from_dict(meta["model_config"])
         return det
