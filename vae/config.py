@@ -107,24 +107,51 @@ class ModelConfig(Serialisable):
 
 
 @dataclass(frozen=True)
-class TrainConfig(Serialisable):
-    """Settings of the table VAEs' training (:func:`vae.trainer.fit_members` through :meth:`plan`).
+class TrainerSettings(Serialisable):
+    """The settings of :func:`vae.trainer.fit_members` that both training configs take, with their checks.
+
+    Attributes:
+        batch_size: rows (or images) per step; None: chosen from the training set's size by the config's
+            ``resolved_batch_size``.
+        lr: Adam learning rate.
+        min_delta: relative improvement of the validation loss that counts as better.
+        seed: seeds parameter init, shuffling and the reparameterisation noise.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``.
+        cpu_threads: torch threads while training on the CPU (restored afterwards); ``None`` keeps torch's
+            setting. 1 by default (../shared/NOTES-torch-pyod.md gives the measurements).
+    """
+
+    batch_size: int | None = None
+    lr: float = 1e-3
+    min_delta: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    cpu_threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(TrainerSettings):
+    """Settings of the table VAEs' training (:func:`vae.trainer.fit_members` through :meth:`plan`); those of
+    :class:`TrainerSettings` (a ``batch_size`` of None picks ``clip(n_train // 32, 64, 1024)`` rounded down to a
+    power of two), and:
 
     Attributes:
         max_epochs: upper bound on passes over the training rows; ``None`` gives a budget of
             about ``max_steps`` optimiser steps: ``clip(ceil(max_steps / steps_per_epoch), 20, 2000)``.
         max_steps: the step budget used when ``max_epochs`` is None.
-        batch_size: rows per step; ``None`` picks ``clip(n_train // 32, 64, 1024)``
-            rounded down to a power of two.
-        lr: Adam learning rate.
         weight_decay: Adam weight decay.
-        beta: weight of the KL term in the training loss (1.0 = the ELBO; Higgins et al. 2017).
-            0.2 by default: with 1.0 most latent dimensions collapsed onto the prior (4 of 9
-            active on satellite), which leaves little for the detector's latent density term
-            to use; 0.2 with that term ranked best on the dev data (BENCHMARKS.md). The tabular
-            detector overrides it by default (``VAEAnomalyDetector.kl_weights``: 1 unless a latent
-            dimension collapses, then 0.2). Scores and early stopping always use the true -ELBO
-            (beta = 1), a bound on -log p(x).
+        beta: weight of the KL term in the training loss (1.0 = the ELBO; Higgins et al. 2017). The tabular
+            detector overrides it by default (``VAEAnomalyDetector.kl_weights``: 1 unless a latent dimension
+            collapses, then 0.2). Scores and early stopping always use the true -ELBO (beta = 1), a bound on
+            -log p(x).
         free_bits: minimum KL per latent dimension in the training loss (nats; Kingma et al.
             2016); 0 = the plain KL term.
         patience: epochs without a better validation loss before stopping; ``None`` gives
@@ -134,48 +161,31 @@ class TrainConfig(Serialisable):
             ELBO), so the model is not fitted to them. 0 = plain training.
         val_trim: fraction of the highest per-row validation losses left out of the
             early-stopping statistic (0 = the plain mean -ELBO).
-        min_delta: relative improvement of the validation loss that counts as better.
         min_epochs: epochs before early stopping may trigger and before a weight snapshot can
-            be kept as the best. 20 by default: with heavy-tailed features the validation
-            -ELBO often rises in the first epochs and only improves much later, and stopping
-            there cost up to 0.1 AUROC (annthyroid; benchmarks/ablation.py).
+            be kept as the best (with heavy-tailed features the validation -ELBO often rises in the
+            first epochs and only improves later).
         kl_warmup_epochs: the KL weight rises linearly from 0 to ``beta`` over these epochs
             (KL annealing, Bowman et al. 2016); 20 by default, 0 = no warm-up.
         lr_schedule: ``"constant"`` or ``"cosine"``: lr_t = lr * (1 + cos(pi t / T)) / 2 over the
             T steps of the epoch budget (Loshchilov & Hutter 2017).
-        seed: seeds parameter init, shuffling and the reparameterisation noise.
-        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``.
-        cpu_threads: torch threads while training on the CPU (restored afterwards). 1 by
-            default: for these small networks a second thread gained nothing at batch <= 1024,
-            and made epochs 10-50x slower whenever another process held a core
-            (../shared/NOTES-torch-pyod.md). ``None`` keeps torch's setting.
     """
 
     max_epochs: int | None = 200
     max_steps: int = 20000
-    batch_size: int | None = None
-    lr: float = 1e-3
     weight_decay: float = 0.0
     beta: float = 0.2
     free_bits: float = 0.0
     patience: int | None = 30
     val_trim: float = 0.0
     trim_fraction: float = 0.0
-    min_delta: float = 1e-4
     min_epochs: int = 20
     kl_warmup_epochs: int = 20
     lr_schedule: str = "constant"
-    seed: int = 0
-    device: str = "auto"
-    cpu_threads: int | None = 1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_epochs is not None and self.max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs!r}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta!r}")
         if self.free_bits < 0:
@@ -192,8 +202,6 @@ class TrainConfig(Serialisable):
             )
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
 
     def resolved_epochs(self, n_train: int) -> tuple[int, int]:
         """(max_epochs, patience) for ``n_train`` training rows."""
@@ -212,73 +220,40 @@ class TrainConfig(Serialisable):
         from vae.fit_plan import FitPlan
 
         epochs, patience = self.resolved_epochs(n_train)
-        return FitPlan(
-            batch_size=self.resolved_batch_size(n_train),
-            max_epochs=epochs,
-            patience=patience,
-            min_epochs=self.min_epochs,
-            min_delta=self.min_delta,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            lr_schedule=self.lr_schedule,
-            beta=self.beta,
-            kl_warmup_epochs=self.kl_warmup_epochs,
-            free_bits=self.free_bits,
-            trim_fraction=self.trim_fraction,
-            val_trim=self.val_trim,
-            val_draws=4,
-            device=self.device,
-            cpu_threads=self.cpu_threads,
+        return FitPlan.of(
+            self, batch_size=self.resolved_batch_size(n_train), max_epochs=epochs, patience=patience, val_draws=4
         )
 
 
 @dataclass(frozen=True)
-class ImageTrainConfig(Serialisable):
-    """Settings of the image VAEs' training (:func:`vae.trainer.fit_members` through :meth:`plan`).
+class ImageTrainConfig(TrainerSettings):
+    """Settings of the image VAEs' training (:func:`vae.trainer.fit_members` through :meth:`plan`); those of
+    :class:`TrainerSettings` (a ``batch_size`` of None picks ``clip(n_train // 16, 16, 128)``, so that a small
+    training set still gets at least 16 steps per epoch), and:
 
     Attributes:
-        max_epochs: upper bound on passes over the training images. 20: on Fashion-MNIST (one-vs-rest, class 6)
-            30 epochs fitted the anomalies too and lowered AUROC from 0.814 to 0.798 (BENCHMARKS.md, Images).
-        batch_size: images per step; None picks ``clip(n_train // 16, 16, 128)`` so that a small training
-            set still gets at least 16 steps per epoch.
-        lr: Adam learning rate.
+        max_epochs: upper bound on passes over the training images (20: docs/decisions/ gives the evidence).
         beta: weight of the KL term (1.0 = the ELBO).
         patience: epochs without a better validation loss before stopping.
         min_epochs: epochs before early stopping may trigger (and before a snapshot is kept as the best).
         kl_warmup_epochs: the KL weight rises linearly from 0 to ``beta`` over these epochs (0 = none).
-        min_delta: relative improvement of the validation loss that counts as better.
-        seed: seeds parameter init, shuffling and the reparameterisation noise.
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        cpu_threads: torch threads while training on the CPU (1 by default, as the tabular trainer:
-            ../shared/NOTES-torch-pyod.md); None keeps torch's setting.
-        cpu_bf16: bf16 autocast for training steps on the CPU too (CUDA always uses it). On by default: on the
-            2-core Zen 4 machine (AVX-512 bf16) it made a 28x28 training step 1.4-2x faster; the validation loss
+        cpu_bf16: bf16 autocast for training steps on the CPU too (CUDA always uses it); the validation loss
             and all scores are computed in float32.
     """
 
     max_epochs: int = 20
-    batch_size: int | None = None
-    lr: float = 1e-3
     beta: float = 1.0
     patience: int = 8
     min_epochs: int = 5
     kl_warmup_epochs: int = 5
-    min_delta: float = 1e-4
-    seed: int = 0
-    device: str = "auto"
-    cpu_threads: int | None = 1
     cpu_bf16: bool = True
 
     def __post_init__(self) -> None:
-        if self.max_epochs < 1 or (self.batch_size is not None and self.batch_size < 1) or self.patience < 1:
-            raise ValueError(
-                f"max_epochs, batch_size and patience must be >= 1, got {self.max_epochs!r}, "
-                f"{self.batch_size!r}, {self.patience!r}"
-            )
-        if not self.lr > 0 or self.beta < 0:
-            raise ValueError(f"lr must be > 0 and beta >= 0, got {self.lr!r} and {self.beta!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        super().__post_init__()
+        if self.max_epochs < 1 or self.patience < 1:
+            raise ValueError(f"max_epochs and patience must be >= 1, got {self.max_epochs!r} and {self.patience!r}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta!r}")
 
     def resolved_batch_size(self, n_train: int) -> int:
         return self.batch_size or int(min(max(n_train // 16, 16), 128))
@@ -288,18 +263,6 @@ class ImageTrainConfig(Serialisable):
         ``cpu_bf16``)."""
         from vae.fit_plan import FitPlan
 
-        return FitPlan(
-            batch_size=self.resolved_batch_size(n_train),
-            max_epochs=self.max_epochs,
-            patience=self.patience,
-            min_epochs=self.min_epochs,
-            min_delta=self.min_delta,
-            lr=self.lr,
-            beta=self.beta,
-            kl_warmup_epochs=self.kl_warmup_epochs,
-            val_draws=2,
-            bf16_cpu=self.cpu_bf16,
-            bf16_cuda=True,
-            device=self.device,
-            cpu_threads=self.cpu_threads,
+        return FitPlan.of(
+            self, batch_size=self.resolved_batch_size(n_train), val_draws=2, bf16_cpu=self.cpu_bf16, bf16_cuda=True
         )

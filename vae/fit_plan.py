@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -67,6 +67,13 @@ class FitPlan:
     bf16_cuda: bool = False
     device: str = "auto"
     cpu_threads: int | None = 1
+
+    @classmethod
+    def of(cls, config: object, **resolved: Any) -> FitPlan:
+        """The plan of a training config: every field of the plan that the config has by name, then ``resolved``
+        (the values the config settles per training set, and those it names differently)."""
+        given = {f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)}
+        return cls(**{**given, **resolved})
 
 
 Loss = Callable[[nn.Module, Any, torch.Tensor, float, float], torch.Tensor]

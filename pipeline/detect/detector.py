@@ -40,10 +40,8 @@ class VAEAnomalyDetector(TableFitting):
         n_models: size of the ensemble: VAEs trained from seeds ``seed, seed+1, ...``, cross-fitted
             (:func:`pipeline.data.split.member_folds`): each early-stops on its own block of
             ``val_fraction`` of the rows, trains on the other non-calibration rows and has its score
-            terms standardised on its block; the score is the mean of their scores. 5 by default (with the
-            default fractions, one member per block of the non-calibration rows): cross-fitting raised
-            the mean AUROC of ``benchmarks.tabular`` over 3 VAEs sharing one validation block, and with
-            cross-fitting 5 VAEs scored above 3 (BENCHMARKS.md, Sixth round).
+            terms standardised on its block; the score is the mean of their scores. 5 by default: with the
+            default fractions, one member per block of the non-calibration rows.
         cross_fit: False trains every VAE on the same rows and early-stops and standardises them all on
             the same validation rows.
         calibration: how the threshold is calibrated (:mod:`pipeline.calibrate.conformal`). ``split``: ``cal_fraction``

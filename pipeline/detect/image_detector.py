@@ -44,11 +44,8 @@ class ImageVAEDetector(EnsembleDetector):
 
     Args:
         alpha: target false-positive rate of the calibrated threshold.
-        latent_dim, conv_channels, hidden: network size (see :class:`vae.conv.ConvVAEConfig`); (16, 32) channels
-            trained 2x faster than (32, 64) on the CPU for the same AUROC within 0.002 (Fashion-MNIST class 0).
-        likelihood: pixel likelihood, ``gaussian`` (default), ``bernoulli`` or ``cbernoulli``. Gaussian was
-            chosen by measurement: on Fashion-MNIST one-vs-rest (classes 0 and 5) its mean AUROC was 0.883,
-            against 0.776 (Bernoulli) and 0.771 (continuous Bernoulli) (BENCHMARKS.md, Images).
+        latent_dim, conv_channels, hidden: network size (see :class:`vae.conv.ConvVAEConfig`).
+        likelihood: pixel likelihood, ``gaussian`` (default), ``bernoulli`` or ``cbernoulli``.
         score_method: ``recon`` (reconstruction NLL at the posterior mean, default), ``elbo`` or ``iwae``.
         n_draws: fixed Monte Carlo draws per image for ``elbo`` / ``iwae``.
         n_models: ensemble size: VAEs trained from seeds ``seed, seed+1, ...``; the score is their mean.
@@ -58,13 +55,13 @@ class ImageVAEDetector(EnsembleDetector):
             map in the ``conv`` space.
         cosine_weight: (``conv`` space) weight of the second density term, the same feature maps scaled to
             unit length (their distance is a monotone function of the cosine dissimilarity).
-        density_space: ``conv`` (default) or ``latent``. Defaults ``conv``, k = 5, weights 2 and 4, chosen
-            by measurement (BENCHMARKS.md, Images): one-vs-rest mean AUROC, reconstruction alone / latent
-            space (k = 5, w = 0.5, the previous default) / this default: Fashion-MNIST 0.915 / 0.928 / 0.941,
-            MNIST 0.912 / 0.912 / 0.963 (0.961 with training images only as references).
+        density_space: ``conv`` (default) or ``latent``.
         val_fraction, cal_fraction: shares of the training images held out for early stopping / calibration.
         train_config: trainer settings (epochs, batch size, device...); the seed is overridden by ``seed``.
         seed: seeds the split and the trainer.
+
+    The defaults (network size, likelihood, density space and weights) were chosen on one-vs-rest
+    benchmarks: docs/images.md and docs/decisions/ give the evidence.
     """
 
     kind = "image"
