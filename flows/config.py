@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from flows.kinds import DEFAULT_MODEL_NAME, IMAGE_ONLY, TABLE_ONLY, check_model_kind, input_kind
+from flows.kinds import DEFAULT_MODEL_NAME, check_model_kind, input_kind
 from flows.model_uri import parse_model_uri
 from pipeline.calibrate.rules import FlagRule
 
@@ -28,16 +28,43 @@ def _paths(v: object) -> object:
     return [str(x) for x in v] if isinstance(v, list | tuple) else v
 
 
-class TrainConfig(BaseModel):
-    """Parameters of the ``train`` flow, for a table or for images (``kind``).
-
-    ``kind`` "auto" is decided by the first input (:func:`input_kind`). Options of the other kind are
-    refused, naming the option.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class KindOptions(BaseModel):
+    """A config for tables or images: ``kind`` "auto" is decided by the first input (:func:`input_kind`), and
+    an option of the other kind is refused, naming the option."""
 
     kind: Literal["auto", "table", "image"] = Field("auto", description="table, image, or auto (from the input)")
+    table_options: ClassVar[tuple[str, ...]] = ()
+    image_options: ClassVar[tuple[str, ...]] = ()
+    verb: ClassVar[str] = "uses"  # what the run does with its inputs, for the message
+
+    def settle_kind(self, first_input: str) -> str:
+        """Sets and returns the kind of the run's data.
+
+        Raises:
+            ValueError: an option of the other kind is given (an empty value counts as not given).
+        """
+        kind = input_kind(first_input) if self.kind == "auto" else self.kind
+        object.__setattr__(self, "kind", kind)
+        for name in self.other_options():
+            if name in self.model_fields_set and getattr(self, name) not in (None, [], 0.0, False):
+                raise ValueError(
+                    f"{name} is an option for {'images' if kind == 'table' else 'tables'}; "
+                    f"this run {self.verb} {kind}s ({first_input})"
+                )
+        return kind
+
+    def other_options(self) -> tuple[str, ...]:
+        return self.image_options if self.kind == "table" else self.table_options
+
+
+class TrainConfig(KindOptions):
+    """Parameters of the ``train`` flow, for a table or for images (``kind``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    table_options = ("id_columns", "label_column", "categorical_columns", "segment_column", "trim_fraction")
+    image_options = ("normal_label", "likelihood", "score_method", "n_models")
+    verb = "trains on"
+
     data: list[str] = Field(
         min_length=1,
         description="a training table (CSV or Parquet), or normal images: folders, image files, globs, an IDX or .npz",
@@ -78,17 +105,9 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _resolve_kind(self) -> TrainConfig:
-        kind = input_kind(self.data[0]) if self.kind == "auto" else self.kind
-        object.__setattr__(self, "kind", kind)
+        kind = self.settle_kind(self.data[0])
         if self.model_name is None:
             object.__setattr__(self, "model_name", DEFAULT_MODEL_NAME[kind])
-        other = IMAGE_ONLY if kind == "table" else TABLE_ONLY
-        for name in other:
-            if name in self.model_fields_set and getattr(self, name) not in (None, [], 0.0):
-                raise ValueError(
-                    f"{name} is an option for {'images' if kind == 'table' else 'tables'}; "
-                    f"this run trains on {kind}s ({self.data[0]})"
-                )
         if kind == "table" and len(self.data) != 1:
             raise ValueError(f"a table model trains on one table, got {len(self.data)} inputs: {self.data[:3]}")
         limit = IMAGE_BATCH_MAX if kind == "image" else TABLE_BATCH_MAX
@@ -98,8 +117,7 @@ class TrainConfig(BaseModel):
 
     def params(self) -> dict[str, str]:
         """The options of this kind as MLflow run parameters."""
-        other = IMAGE_ONLY if self.kind == "table" else TABLE_ONLY
-        values = self.model_dump(mode="json", exclude={"model_name", "alias", "experiment", *other})
+        values = self.model_dump(mode="json", exclude={"model_name", "alias", "experiment", *self.other_options()})
         if self.kind == "table":
             values["data"] = self.data[0]
         return {k: ("" if v is None else str(v)) for k, v in values.items()}
@@ -207,12 +225,14 @@ class FlagRuleOptions(BaseModel):
         return FlagRule(self.rule_kind(), self.alpha or model_alpha, self.conditional)
 
 
-class ScoreConfig(DaskOptions, FlagRuleOptions):
+class ScoreConfig(KindOptions, DaskOptions, FlagRuleOptions):
     """Parameters of the ``score`` flow, for tables or for image batches (``kind``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    table_options = ("label_column", "f1_optimal")
+    image_options = ("top_k",)
+    verb = "scores"
 
-    kind: Literal["auto", "table", "image"] = Field("auto", description="table, image, or auto (from the input)")
     inputs: list[str] = Field(
         min_length=1,
         description="tables (CSV/Parquet files, or folders of them); or image batches: folders, IDX/.npz files, "
@@ -240,18 +260,11 @@ class ScoreConfig(DaskOptions, FlagRuleOptions):
 
     @model_validator(mode="after")
     def _resolve_kind(self) -> ScoreConfig:
-        kind = input_kind(self.inputs[0]) if self.kind == "auto" else self.kind
-        object.__setattr__(self, "kind", kind)
+        kind = self.settle_kind(self.inputs[0])
         if self.model is None:
             object.__setattr__(self, "model", f"models:/{DEFAULT_MODEL_NAME[kind]}@champion")
         if self.f1_optimal and self.label_column is None:
             raise ValueError("f1_optimal needs label_column")
-        if kind == "image":
-            for name in ("label_column", "f1_optimal"):
-                if getattr(self, name):
-                    raise ValueError(f"{name} is an option for tables; this run scores images ({self.inputs[0]})")
-        elif "top_k" in self.model_fields_set:
-            raise ValueError(f"top_k is an option for images; this run scores tables ({self.inputs[0]})")
         return self
 
     def model_uri(self) -> str:

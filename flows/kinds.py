@@ -1,4 +1,4 @@
-"""What kind of data an input or a model is (a table or images), and the options that belong to each kind."""
+"""What kind of data an input or a model is: a table or images."""
 
 from __future__ import annotations
 
@@ -16,10 +16,6 @@ def input_kind(first: str) -> str:
     if Path(first).suffix.lower() != ".npz" and (looks_like_images(first) or IDX_PATTERN.search(first)):
         return "image"
     return "table"
-
-
-TABLE_ONLY = ("id_columns", "label_column", "categorical_columns", "segment_column", "trim_fraction")
-IMAGE_ONLY = ("normal_label", "likelihood", "score_method", "n_models")
 
 
 def check_model_kind(kind: str, model_kind: str, model_uri: str) -> None:

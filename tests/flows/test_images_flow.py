@@ -35,8 +35,11 @@ def test_kind_is_detected_from_the_input_or_given(tmp_path, digit_files):
         TrainConfig(data="x.csv", kind="audio")
     with pytest.raises(ValueError, match="segment_column is an option for tables; this run trains on images"):
         TrainConfig(data=str(digit_files.train), segment_column="region")
-    with pytest.raises(ValueError, match="top_k is an option for images"):
+    with pytest.raises(ValueError, match="top_k is an option for images; this run scores tables"):
         ScoreConfig(inputs="x.csv", top_k=3)
+    with pytest.raises(ValueError, match="label_column is an option for tables; this run scores images"):
+        ScoreConfig(inputs=str(digit_files.train), label_column="y")
+    assert ScoreConfig(inputs=str(digit_files.train), label_column=None, f1_optimal=False).kind == "image"
 
 
 def test_train_flow_registers_an_image_model(registered_image_model):
