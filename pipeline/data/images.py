@@ -18,7 +18,7 @@ import hashlib
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,20 +162,21 @@ def _common_parts(paths: Iterable[Path]) -> tuple[str, ...]:
 
 def _arrays_to_set(
     root: Path, x: np.ndarray, labels: np.ndarray | None, mode: str | None, size: tuple[int, int] | None
-) -> ImageSet:
-    """(n, H, W[, C]) pixel array -> ImageSet, converted to mode / size with the same rule as files."""
+) -> tuple[ImageSet, Counter[str]]:
+    """(n, H, W[, C]) pixel array -> ImageSet, converted to mode / size with the same rule as files, and the
+    conversions' counts."""
     from PIL import Image
 
     unit = to_unit(x)
     unit = unit[:, None] if unit.ndim == 3 else np.transpose(unit, (0, 3, 1, 2))
-    notes = []
+    counts = Counter[str]()
     if mode == "RGB" and unit.shape[1] == 1:
-        unit, notes = np.repeat(unit, 3, axis=1), [*notes, f"converted L->RGB ({len(unit)} images)"]
+        unit, counts["converted L->RGB"] = np.repeat(unit, 3, axis=1), len(unit)
     elif mode == "L" and unit.shape[1] == 3:  # ITU-R 601-2 luma, as Pillow's convert("L")
         unit = (0.299 * unit[:, 0] + 0.587 * unit[:, 1] + 0.114 * unit[:, 2])[:, None]
-        notes.append(f"converted RGB->L ({len(unit)} images)")
+        counts["converted RGB->L"] = len(unit)
     if size is not None and unit.shape[2:] != tuple(size):
-        notes.append(f"resized {unit.shape[2]}x{unit.shape[3]}->{size[0]}x{size[1]} ({len(unit)} images)")
+        counts[f"resized {unit.shape[2]}x{unit.shape[3]}->{size[0]}x{size[1]}"] = len(unit)
         unit = np.stack(
             [
                 np.stack(
@@ -190,7 +191,7 @@ def _arrays_to_set(
         unit = np.clip(unit, 0.0, 1.0)
     name = root.name
     paths = [f"{name}#{i}" for i in range(len(unit))]
-    return ImageSet(root, paths, np.ascontiguousarray(unit, dtype=np.float32), [""] * len(unit), labels, notes)
+    return ImageSet(root, paths, np.ascontiguousarray(unit, dtype=np.float32), [""] * len(unit), labels), counts
 
 
 def read_images(
@@ -208,6 +209,21 @@ def read_images(
     Raises:
         InputError: a path that does not exist, an empty folder, a glob that matches nothing, a bad array file.
     """
+    root, files = list_images(source, mode)
+    images, counts = _read_array(root, mode, size) if files is None else _decode_files(root, files, mode, size)
+    images.notes = count_notes(counts)
+    bad = sum(1 for e in images.errors if e)
+    if bad:
+        log.warning("%s: %d of %d images could not be decoded", root, bad, len(files))
+    return images
+
+
+def list_images(source: str | Path | Sequence[str | Path], mode: str | None = None) -> tuple[Path, list[Path] | None]:
+    """The root of a batch and its image files, in the batch's order; None for an array file (the root).
+
+    Raises:
+        InputError: as :func:`read_images`, before any image is decoded.
+    """
     if mode not in (None, "L", "RGB"):
         raise InputError(f"image mode must be 'L' (grey) or 'RGB', got {mode!r}")
     items = [source] if isinstance(source, str | Path) else list(source)
@@ -221,22 +237,46 @@ def read_images(
             files = image_files(p)
             if not files:
                 raise InputError(f"folder {p} holds no {'/'.join(IMAGE_SUFFIXES)} images (searched recursively)")
-            return _decode_files(p, files, mode, size)
-        if IDX_PATTERN.search(p.name):
-            return _arrays_to_set(p, read_idx(p), read_idx_labels(p), mode, size)
-        if p.suffix.lower() in ARRAY_SUFFIXES:
-            x, labels = read_npz(p)
-            return _arrays_to_set(p, x, labels, mode, size)
-    root, files = resolve_inputs(items)
-    return _decode_files(root, files, mode, size)
+            return p, files
+        if is_array_file(p):
+            return p, None
+    return resolve_inputs(items)
 
 
-def _decode_files(root: Path, files: list[Path], mode: str | None, size: tuple[int, int] | None) -> ImageSet:
-    root_abs = root.resolve()
-    paths, pixels, errors, counts = [], [], [], Counter()
+def image_chunks(
+    root: Path, files: list[Path] | None, mode: str | None, size: tuple[int, int] | None, images: int
+) -> Iterator[tuple[ImageSet, Counter[str]]]:
+    """The batch :func:`list_images` found, ``images`` entries at a time, with each chunk's conversion counts
+    (an array file is read whole, then cut; its notes come with the first chunk)."""
+    if files is None:
+        whole, counts = _read_array(root, mode, size)
+        for start in range(0, max(len(whole), 1), images):
+            part = slice(start, start + images)
+            labels = None if whole.labels is None else whole.labels[part]
+            yield ImageSet(root, whole.paths[part], whole.pixels[part], whole.errors[part], labels), counts
+            counts = Counter()
+        return
+    for start in range(0, len(files), images):
+        yield _decode_files(root, files[start : start + images], mode, size)
+
+
+def count_notes(counts: Counter[str]) -> list[str]:
+    """The conversions applied to a batch, each with its count of images, for the summary."""
+    return [f"{n} ({k} images)" for n, k in sorted(counts.items())]
+
+
+def _read_array(p: Path, mode: str | None, size: tuple[int, int] | None) -> tuple[ImageSet, Counter[str]]:
+    if IDX_PATTERN.search(p.name):
+        return _arrays_to_set(p, read_idx(p), read_idx_labels(p), mode, size)
+    x, labels = read_npz(p)
+    return _arrays_to_set(p, x, labels, mode, size)
+
+
+def _decode_files(
+    root: Path, files: list[Path], mode: str | None, size: tuple[int, int] | None
+) -> tuple[ImageSet, Counter[str]]:
+    paths, pixels, errors, counts = relative_paths(root, files), [], [], Counter[str]()
     for f in files:
-        rel = f.resolve().relative_to(root_abs).as_posix() if f.resolve().is_relative_to(root_abs) else str(f)
-        paths.append(rel)
         try:
             arr, notes = decode_image(f, mode, size)
         except Exception as e:  # Pillow raises many types for a bad file: the row carries the reason
@@ -246,12 +286,17 @@ def _decode_files(root: Path, files: list[Path], mode: str | None, size: tuple[i
             counts[n] += 1
         pixels.append(arr)
         errors.append("")
-    stacked = _stack(pixels)
-    notes = [f"{n} ({k} images)" for n, k in sorted(counts.items())]
-    bad = sum(1 for e in errors if e)
-    if bad:
-        log.warning("%s: %d of %d images could not be decoded", root, bad, len(files))
-    return ImageSet(root, paths, stacked, errors, None, notes)
+    return ImageSet(root, paths, _stack(pixels), errors, None), counts
+
+
+def relative_paths(root: Path, files: Sequence[Path]) -> list[str]:
+    """Each file's path relative to ``root`` (as it is when outside it), as reports name it."""
+    root_abs = root.resolve()
+    out = []
+    for f in files:
+        resolved = f.resolve()
+        out.append(resolved.relative_to(root_abs).as_posix() if resolved.is_relative_to(root_abs) else str(f))
+    return out
 
 
 def _stack(pixels: list[np.ndarray]) -> np.ndarray:
@@ -281,16 +326,15 @@ def dominant_format(images: ImageSet) -> tuple[str, tuple[int, int]]:
     return mode, (int(size[0]), int(size[1]))
 
 
-def digest(images: ImageSet) -> str:
-    """sha256 of the batch: of the file for an array file, else of the (relative path, bytes) of each image."""
+def digest(root: Path, paths: Sequence[str]) -> str:
+    """sha256 of a batch: of the file for an array file, else of the (relative path, bytes) of each image."""
     h = hashlib.sha256()
-    root = images.root
     if root.is_file():
         with open(root, "rb") as f:
             while block := f.read(1 << 20):
                 h.update(block)
         return h.hexdigest()
-    for rel in images.paths:
+    for rel in paths:
         p = root / rel
         h.update(rel.encode() + b"\0")
         try:

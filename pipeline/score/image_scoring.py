@@ -1,6 +1,7 @@
-"""Scoring one batch of images into a CSV report, a contact sheet and a summary (no orchestration).
+"""Scoring images: a batch into a CSV report, a contact sheet and a summary (no orchestration), and the
+images a frame carries (the pyfunc's predict).
 
-The report has one row per input image, in input order: ``path`` (relative to the input root),
+A batch's report has one row per input image, in input order: ``path`` (relative to the input root),
 ``score``, ``threshold``, ``is_anomaly`` (0/1), ``p_value`` (``q_value`` with an FDR rule) and ``error``.
 An image that cannot be decoded keeps its row: ``error`` says why, and its score, flag and p-value are
 empty. Flags, p-values and batch health are computed over the decoded images only.
@@ -9,8 +10,6 @@ empty. Flags, p-values and batch health are computed over the decoded images onl
 from __future__ import annotations
 
 import base64
-import dataclasses
-import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -19,50 +18,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.calibrate.health import batch_health
-from pipeline.calibrate.metrics import labelled_metrics
-from pipeline.calibrate.rules import FlagRule, apply_rule
+from pipeline.calibrate.rules import FlagRule
 from pipeline.data.image_decode import IMAGE_FORMATS, decode_error, decode_image, decode_image_bytes
-from pipeline.data.images import ImageSet, batch_name, digest, read_images
+from pipeline.data.images import batch_name
 from pipeline.data.paths import confined_file
 from pipeline.detect.image_detector import ImageVAEDetector
 from pipeline.errors import InputError
-from pipeline.score.html_report import ScoreHistogram, TopFlagged, write_html_report
-from pipeline.score.image_plots import contact_sheet
-from pipeline.score.report import REPORT_SUFFIX, write_csv_atomic
+from pipeline.score.image_source import ImageSource, images_per_chunk
+from pipeline.score.report import REPORT_SUFFIX
+from pipeline.score.scoring import score_batch
 from pipeline.score.summary import ScoreSummary
 
 CONTACT_SUFFIX = ".contact_sheet.png"
 IMAGE_COLUMN, PATH_COLUMN = "image", "path"
 IMAGE_ROOT_ENV = "VAE_ANOMALY_IMAGE_ROOT"
 """The environment variable the pyfunc takes ``image_root`` from (read in flows.pyfunc; named here for messages)."""
-
-
-def build_image_report(images: ImageSet, scores: np.ndarray, flags: Any) -> pd.DataFrame:
-    """The report frame; ``scores`` and the flags' arrays cover the decoded images only (in order)."""
-    ok = images.ok
-    n = len(images)
-    score = np.full(n, np.nan)
-    score[ok] = scores
-    p = np.full(n, np.nan)
-    p[ok] = flags.p_value
-    flag = np.full(n, None, dtype=object)
-    flag[ok] = [int(v) for v in flags.is_anomaly]
-    out = pd.DataFrame(
-        {
-            "path": list(images.paths),
-            "score": score,
-            "threshold": float(flags.threshold),
-            "is_anomaly": flag,
-            "p_value": p,
-        }
-    )
-    if flags.q_value is not None:
-        q = np.full(n, np.nan)
-        q[ok] = flags.q_value
-        out["q_value"] = q
-    out["error"] = list(images.errors)
-    return out
 
 
 def score_images_batch(
@@ -75,99 +45,22 @@ def score_images_batch(
     rule: FlagRule | None = None,
     top_k: int = 16,
 ) -> ScoreSummary:
-    """Score one batch of images; write ``<out>/<name>.anomalies.csv`` and ``<name>.contact_sheet.png``.
+    """Score one batch of images with the scoring engine (:func:`pipeline.score.scoring.score_batch`): write
+    ``<out>/<name>.anomalies.csv``, ``<name>.contact_sheet.png`` and the page ``<name>.report.html``.
 
     Args:
         source: a folder, an IDX/.npz file, or a list of image files / globs (see pipeline.data.images.read_images).
         rule: flag rule; default: p <= the model's alpha.
-        top_k: images on the contact sheet (the most anomalous ones).
+        top_k: images on the contact sheet (the most anomalous ones); 0 for none.
 
     Raises:
         InputError: missing or empty input, no decodable image, unwritable output.
     """
-    t0 = time.perf_counter()
-    rule = rule or FlagRule("alpha", det.alpha)
-    images = read_images(source, mode=det.image_mode, size=det.image_size)
-    name = batch_name(source)
-    out = Path(out_dir)
+    out, name = Path(out_dir), batch_name(source)
+    src = ImageSource(det, source, top_k, out / f"{name}{CONTACT_SUFFIX}")
     target = out / f"{name}{REPORT_SUFFIX}"
-    if not images.ok.any():
-        raise InputError(
-            f"{images.root}: none of the {len(images)} images could be decoded "
-            f"(first: {images.paths[0]}: {images.errors[0]})"
-        )
-    scores = det.score_samples(images.pixels)
-    flags = apply_rule(rule, scores, det.calibration_scores_)
-    report = build_image_report(images, scores, flags)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        write_csv_atomic(report, target)
-    except OSError as e:
-        raise InputError(f"cannot write report {target}: {e.strerror or e}") from e
-    sheet = _contact_sheet(det, images, scores, flags.threshold, out / f"{name}{CONTACT_SUFFIX}", top_k)
-    level = det.alpha if rule.kind == "fdr" else flags.effective_level
-    flagged_at_level = int((flags.p_value <= level).sum())
-    health = batch_health(
-        scores, det.calibration_scores_, flagged_at_level, level, unit="images", threshold=det.threshold_
-    )
-    notes = list(images.notes)
-    n_err = int((~images.ok).sum())
-    if n_err:
-        notes.append(f"{n_err} of {len(images)} images could not be decoded: see the report's error column")
-    if health.warning:
-        notes.append(health.warning)
-    metrics = None
-    if images.labels is not None and len(np.unique(images.labels)) > 1:
-        notes.append("labels found beside the images: not used for scoring")
-    flagged = int(flags.is_anomaly.sum())
-    summary = ScoreSummary(
-        input=str(source if isinstance(source, str | Path) else ", ".join(str(s) for s in source)),
-        report=str(target),
-        contact_sheet=None if sheet is None else str(sheet),
-        rows=len(images),
-        scored=int(images.ok.sum()),
-        errors=n_err,
-        flagged=flagged,
-        flagged_fraction=flagged / len(scores),
-        threshold=float(flags.threshold),
-        rule=rule.describe(),
-        alpha=det.alpha,
-        calibration=det.calibration_description(),
-        input_sha256=digest(images),
-        model_uri=model_uri,
-        model_name=model_name,
-        model_version=model_version,
-        auroc=None,
-        seconds=time.perf_counter() - t0,
-        health=health.to_dict(),
-        metrics=metrics,
-        notes=notes,
-    )
-    hist = ScoreHistogram(det.calibration_scores_, det.threshold_)
-    hist.add(scores)
-    top = TopFlagged()
-    top.add(report)
-    page = write_html_report(summary.to_dict(), hist, top.rows, ["path", "score", "p_value"], sheet)
-    return dataclasses.replace(summary, report_html=str(page))
-
-
-def _contact_sheet(
-    det: ImageVAEDetector, images: ImageSet, scores: np.ndarray, threshold: float, path: Path, top_k: int
-) -> Path | None:
-    if top_k <= 0:
-        return None
-    top = np.argsort(-scores, kind="stable")[:top_k]
-    recon, err = det.reconstruct(images.pixels[top])
-    ok_paths = [p for p, good in zip(images.paths, images.ok, strict=True) if good]
-    return contact_sheet(images.pixels[top], recon, err, scores[top], [ok_paths[i] for i in top], threshold, path)
-
-
-def evaluate_labels(report: pd.DataFrame, labels: np.ndarray) -> dict[str, Any]:
-    """Labelled metrics (1 = anomaly) of a report's decoded rows; labels (n,) in report order."""
-    ok = report["error"].fillna("").eq("").to_numpy()
-    return labelled_metrics(
-        np.asarray(labels)[ok], report["score"].to_numpy()[ok], report["is_anomaly"].to_numpy()[ok].astype(int)
-    )
+    model = (model_uri, model_name, model_version)
+    return score_batch(det, src, target, rule, model=model, chunk_rows=images_per_chunk(det))
 
 
 def score_image_frame(det: ImageVAEDetector, frame: pd.DataFrame, image_root: str | Path | None = None) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""One file's scoring pass: each chunk validated, scored, explained and written as report lines."""
+"""One input's scoring pass: each chunk scored by its source and written as report lines."""
 
 from __future__ import annotations
 
@@ -11,40 +11,35 @@ import pandas as pd
 
 from pipeline.calibrate.conformal import p_values
 from pipeline.calibrate.health import KSCounter, add_unflagged
-from pipeline.calibrate.metrics import labels_from
 from pipeline.calibrate.rules import apply_rule
 from pipeline.calibrate.segments import POOLED, segment_values
-from pipeline.detect.attribution import attribution_columns
-from pipeline.detect.detector_scoring import Explanation
 from pipeline.errors import InputError
 from pipeline.score.report import csv_header
-from pipeline.score.score_errors import at_row, check_finite
-from pipeline.score.score_state import RunState
+from pipeline.score.score_state import RunState, spread
 from pipeline.score.score_stream import Spill, release_freed_memory, write_lines
+from pipeline.score.source import Scored
 
-ATTRIBUTION = ("top_features", "top_observed", "top_expected")
 Progress = Callable[[int, float], None]
 """Called after each chunk with the rows scored so far and the share of the file read, in [0, 1]."""
 
 
 class ScoreRun(RunState):
-    """Scores a file chunk by chunk and writes its report (in one pass, or in two through a spill)."""
+    """Scores an input chunk by chunk and writes its report (in one pass, or in two through a spill)."""
 
     def write_report(
-        self, chunks: Iterator[pd.DataFrame], out: TextIO, pool: ThreadPoolExecutor, progress: Progress | None
+        self, chunks: Iterator[object], out: TextIO, pool: ThreadPoolExecutor, progress: Progress | None
     ) -> None:
         """Score every chunk and write the report to ``out`` (one pass, or two through a spill)."""
         pending: Future | None = None
         spill = None
         try:
             for i, chunk in enumerate(chunks):
-                features = self._validate(chunk)
                 if i == 0:
                     self._first_chunk(chunk)
                     out.write(csv_header(self.columns))
                     if self.two_pass:
                         spill = Spill(self.out_dir)
-                scored = self._score_chunk(chunk, features)
+                scored = self._score_chunk(chunk)
                 if pending is not None:
                     pending.result()  # at most one chunk waits to be written: bounded memory
                 # The report text of this chunk is made and written in the pool while the model scores the next.
@@ -57,28 +52,20 @@ class ScoreRun(RunState):
             release_freed_memory()
             if spill is not None:
                 self._decide()
+                offset = 0
                 for part in spill.read():
-                    write_lines(self._final_frame(part, self._spilled_flags(part)), out)
+                    write_lines(self._final_frame(part, self._spilled_flags(part, offset)), out)
+                    offset += len(part)
         finally:
             if pending is not None:
                 pending.exception()  # never leave a write running on a file about to be closed
             if spill is not None:
                 spill.close()
 
-    def _validate(self, chunk: pd.DataFrame) -> pd.DataFrame:
-        """The chunk's validated features; row numbers in errors count from the start of the file."""
-        schema = self.det.schema_
-        if self.rows:  # columns the model ignores were warned about once, on the first chunk
-            known = {*schema.features, *schema.id_columns}
-            chunk = chunk[[c for c in chunk.columns if c in known]]
-        try:
-            return schema.validate(chunk, source=self.source)
-        except InputError as e:
-            raise at_row(e, self.rows, self.source) from e
-
-    def _first_chunk(self, chunk: pd.DataFrame) -> None:
+    def _first_chunk(self, chunk: object) -> None:
         """Checks that need only the columns; fixes the report's columns and whether it takes two passes."""
         det = self.det
+        layout = self.src.start(chunk)
         if self.segments is not None:
             self._first_segmented_chunk()
         if det.calibration_rule_ == "cross" and self.rule.kind != "alpha":
@@ -90,24 +77,14 @@ class ScoreRun(RunState):
             )
         # a level the calibration cannot reach raises here; for one-pass rules, the level and threshold
         self.rule_flags = apply_rule(self.rule, np.zeros(0), det.calibration_scores_)
-        self.label = self.label_arg or (det.schema_.label_column if det.schema_.label_column in chunk.columns else None)
-        if self.label and self.label not in chunk.columns:
-            raise InputError(f"{self.path}: label column {self.label!r} not found")
+        self.label = layout.label
         self.two_pass = self.rule.kind == "fdr" or (self.f1_optimal and self.label is not None)
         # Only the two-pass rules and the labelled metrics need every score (and flag) at the end; otherwise
         # the health test's counts and the flag count are all that is kept (no 8 + 1 bytes per row).
         self.keep_scores = self.two_pass or self.label is not None
-        self.columns = [
-            "row",
-            *det.schema_.id_columns,
-            "score",
-            "threshold",
-            "is_anomaly",
-            "p_value",
-            *(["q_value"] if self.rule.kind == "fdr" else []),
-            *ATTRIBUTION,
-            "missing",
-        ]
+        q_value = ["q_value"] if self.rule.kind == "fdr" else []
+        self.columns = [*layout.before, "score", "threshold", "is_anomaly", "p_value", *q_value, *layout.after]
+        self.page_columns = layout.page
 
     def _first_segmented_chunk(self) -> None:
         """Per-segment thresholds support the one-pass ``alpha`` rule: each segment's threshold at its level
@@ -133,70 +110,55 @@ class ScoreRun(RunState):
                     "pooled threshold"
                 )
 
-    def _score_chunk(
-        self, chunk: pd.DataFrame, features: pd.DataFrame
-    ) -> tuple[np.ndarray, Explanation, np.ndarray | None]:
-        """The model's part of a chunk: its scores (checked finite), attribution and segment codes (None without
-        segments); keeps scores and labels."""
-        det, offset = self.det, self.rows
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected by check_finite, row by row
-            scores, explanation = det.score_and_explain(features)
-        check_finite(det, features, scores, self.source, offset)
-        if self.label:
-            try:
-                self.labels.append(labels_from(chunk[self.label].to_numpy(), self.label).astype(np.int8))
-            except InputError as e:
-                raise at_row(e, offset) from e
+    def _score_chunk(self, chunk: object) -> tuple[Scored, np.ndarray | None]:
+        """The source's scores of a chunk and its rows' segment codes (None without segments); keeps scores and
+        labels."""
+        scored = self.src.score(chunk, self.rows)
+        if scored.labels is not None:
+            self.labels.append(scored.labels)
         if self.keep_scores:
-            self.scores.append(scores)
+            self.scores.append(scored.scores)
         codes = None
         if self.segments is not None:
-            labels = segment_values(chunk[self.segments.column])
+            assert scored.segments is not None
+            labels = segment_values(scored.segments)
             codes = self.segments.codes(labels)
             self.unseen_rows += int((~np.isin(labels, [*self.segments.values, *self.segments.small])).sum())
             # a segment whose threshold does not reach this run's level is scored against the pooled one
             for j, t in enumerate(self.segment_thresholds):
                 if t is None:
                     codes[codes == j] = POOLED
-        return scores, explanation, codes
+        return scored, codes
 
     def _write_chunk(
         self,
-        chunk: pd.DataFrame,
-        scored: tuple[np.ndarray, Explanation, np.ndarray | None],
+        chunk: object,
+        scored: tuple[Scored, np.ndarray | None],
         offset: int,
         out: TextIO,
         spill: Spill | None,
     ) -> None:
         """Report lines of one scored chunk to ``out`` (or its typed columns to the spill). Chunks are
         written one at a time, in order: the caller waits for the previous one before submitting."""
-        scores, explanation, codes = scored
+        one, codes = scored
+        scores = one.scores if one.read.all() else one.scores[one.read]
         self.ks.add(scores)
         add_unflagged(self.unflagged_ks, scores, self.det.threshold_)
         self.histogram.add(scores)
-        part = self._part(chunk, scores, explanation, offset, codes)
+        part = self._part(chunk, one, offset, codes)
         if spill is not None:
             spill.write(part)
         else:
             write_lines(self._final_frame(part, self._chunk_flags(part, codes)), out)
 
-    def _part(
-        self,
-        chunk: pd.DataFrame,
-        scores: np.ndarray,
-        explanation: Explanation,
-        offset: int,
-        codes: np.ndarray | None = None,
-    ) -> pd.DataFrame:
-        """The chunk's report columns that do not depend on the rest of the file (typed); with segment
+    def _part(self, chunk: object, scored: Scored, offset: int, codes: np.ndarray | None = None) -> pd.DataFrame:
+        """The chunk's report columns that do not depend on the rest of the input (typed); with segment
         ``codes``, each row's p-value is against its segment's calibration scores."""
-        det = self.det
-        part = pd.DataFrame({"row": np.arange(offset, offset + len(chunk), dtype=np.int64)})
-        for c in det.schema_.id_columns:
-            part[c] = pd.Series(chunk[c].to_numpy(dtype=object), dtype=object)
+        det, scores, read = self.det, scored.scores, scored.read
+        part, after = self.src.columns(chunk, scored, offset)
         part["score"] = np.asarray(scores, dtype=np.float64)
         if codes is None:
-            part["p_value"] = p_values(scores, det.calibration_scores_)
+            part["p_value"] = spread(p_values(scores if read.all() else scores[read], det.calibration_scores_), read)
         else:  # each row against its segment's calibration scores, or the pooled ones, once
             assert self.segments is not None
             p = np.empty(len(scores))
@@ -204,10 +166,8 @@ class ScoreRun(RunState):
                 rows = codes == j
                 p[rows] = p_values(scores[rows], cal)
             part["p_value"] = p
-        attribution = attribution_columns(det, chunk, explanation)
-        for c in ATTRIBUTION:
-            part[c] = pd.Series(attribution[c].to_numpy(dtype=object), dtype=object)
-        part["missing"] = chunk[list(det.schema_.features)].isna().sum(axis=1).to_numpy(dtype=np.int64)
+        for c in after.columns:
+            part[c] = after[c]
         return part
 
     def _chunk_flags(
@@ -217,12 +177,15 @@ class ScoreRun(RunState):
         segment's threshold)."""
         if codes is not None:
             return self._segment_flags(part, codes)
-        flags = apply_rule(self.rule, part["score"].to_numpy(), self.det.calibration_scores_)
+        scores = part["score"].to_numpy()
+        read = np.isfinite(scores)  # rows that could not be read have no flag
+        flags = apply_rule(self.rule, scores if read.all() else scores[read], self.det.calibration_scores_)
         self.flagged += int(flags.is_anomaly.sum())
+        is_anomaly = spread(flags.is_anomaly, read, 0)
         if self.keep_scores:
-            self.flag_parts.append(flags.is_anomaly.astype(bool))
+            self.flag_parts.append(is_anomaly.astype(bool))
         self.health_count += int((flags.p_value <= flags.effective_level).sum())
-        return flags.threshold, flags.is_anomaly, None
+        return flags.threshold, is_anomaly, None
 
     def _segment_flags(self, part: pd.DataFrame, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, None]:
         """The ``alpha`` rule with per-segment thresholds: each row against its segment's threshold (or the
@@ -256,10 +219,15 @@ class ScoreRun(RunState):
             "threshold",
             np.asarray(threshold, dtype=np.float64) if np.ndim(threshold) else float(threshold),
         )
-        frame.insert(frame.columns.get_loc("threshold") + 1, "is_anomaly", np.asarray(is_anomaly, dtype=np.int64))
+        read = np.isfinite(frame["score"].to_numpy())
+        flag = np.asarray(is_anomaly, dtype=np.int64)
+        if not read.all():  # no flag for a row that could not be read
+            flag = np.where(read, flag.astype(object), None)
+        frame.insert(frame.columns.get_loc("threshold") + 1, "is_anomaly", flag)
         if q_value is not None:
             frame.insert(frame.columns.get_loc("p_value") + 1, "q_value", np.asarray(q_value, dtype=np.float64))
         assert list(frame.columns) == self.columns, (list(frame.columns), self.columns)
         self.top.add(frame)
-        self.missing_rows += int((frame["missing"].to_numpy() > 0).sum())
+        if "missing" in frame.columns:
+            self.missing_rows += int((frame["missing"].to_numpy() > 0).sum())
         return frame

@@ -1,4 +1,4 @@
-"""The state of one file's scoring and its whole-file steps: the flags over every score, the summary."""
+"""The state of one input's scoring and its whole-input steps: the flags over every score, the summary."""
 
 from __future__ import annotations
 
@@ -12,25 +12,18 @@ from pipeline.calibrate.conformal import p_values
 from pipeline.calibrate.health import KSCounter, batch_health, unflagged_counter
 from pipeline.calibrate.metrics import f1_optimal_threshold, labelled_metrics
 from pipeline.calibrate.rules import FlagRule, apply_rule
-from pipeline.detect.detector import VAEAnomalyDetector
+from pipeline.detect.ensemble import EnsembleDetector
 from pipeline.score.html_report import ScoreHistogram, TopFlagged
+from pipeline.score.source import Source
 from pipeline.score.summary import ScoreSummary
 
 
 class RunState:
-    """The state of one file's scoring: per-row scores and labels, the flag decision, notes."""
+    """The state of one input's scoring: per-row scores and labels, the flag decision, notes."""
 
-    def __init__(
-        self,
-        det: VAEAnomalyDetector,
-        path: Path,
-        rule: FlagRule,
-        label_column: str | None,
-        f1_optimal: bool,
-        out_dir: Path,
-    ) -> None:
-        self.det, self.path, self.source, self.rule, self.out_dir = det, path, str(path), rule, out_dir
-        self.label_arg, self.f1_optimal = label_column, f1_optimal
+    def __init__(self, det: EnsembleDetector, src: Source, rule: FlagRule, f1_optimal: bool, out_dir: Path) -> None:
+        self.det, self.src, self.source, self.rule, self.out_dir = det, src, src.name, rule, out_dir
+        self.f1_optimal = f1_optimal
         self.label: str | None = None
         self.scores: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
@@ -43,7 +36,7 @@ class RunState:
         self.ks = KSCounter(det.calibration_scores_)  # the health test's counts, chunk by chunk
         self.unflagged_ks = unflagged_counter(det.calibration_scores_, det.threshold_)  # rows below the threshold
         # per-segment thresholds: each segment's KS counts and flag count (set by the first chunk)
-        self.segments = det.segments_
+        self.segments = getattr(det, "segments_", None)
         self.segment_ks: list[KSCounter] = []
         self.segment_flagged: list[int] = []
         self.pooled_rows = self.pooled_flagged = self.unseen_rows = 0
@@ -76,6 +69,8 @@ class RunState:
         """
         # one-pass rules need no whole-file score array here (f1_optimal with labels is two-pass)
         scores = self.all_scores() if self.two_pass else np.zeros(0)
+        read = np.isfinite(scores)  # rows that could not be read have no flag
+        valid = scores if read.all() else scores[read]
         y, cal = self.all_labels(), self.det.calibration_scores_
         self.q_value = None
         if not self.two_pass:  # flags and the health count were kept chunk by chunk
@@ -89,12 +84,14 @@ class RunState:
             self.health_level = self.rule_flags.effective_level
             flags = None
         elif self.rule.kind == "fdr":
-            flags = apply_rule(self.rule, scores, cal)
-            p, self.q_value, self.is_anomaly = flags.p_value, flags.q_value, flags.is_anomaly.astype(bool)
+            flags = apply_rule(self.rule, valid, cal)
+            p = flags.p_value
+            self.q_value = spread(flags.q_value, read, np.nan)
+            self.is_anomaly = spread(flags.is_anomaly.astype(bool), read, False)
         else:  # the same as apply_rule over the whole batch: the level and threshold depend on the rule only
-            flags = apply_rule(self.rule, scores[:0], cal)
-            p = p_values(scores, cal)
-            self.is_anomaly = p <= flags.effective_level
+            flags = apply_rule(self.rule, valid[:0], cal)
+            p = p_values(valid, cal)
+            self.is_anomaly = spread(p <= flags.effective_level, read, False)
         if flags is not None:
             self.threshold = flags.threshold
             # Health asks whether the calibration still holds, whatever the flag rule: rows with p <= level
@@ -114,8 +111,9 @@ class RunState:
                 self.threshold, self.is_anomaly = t, scores > t
                 self.notes.append(f"flagged at the F1-optimal threshold {t:.6g} found on this batch's labels")
 
-    def _spilled_flags(self, part: pd.DataFrame) -> tuple[float, np.ndarray, np.ndarray | None]:
-        rows = part["row"].to_numpy()
+    def _spilled_flags(self, part: pd.DataFrame, offset: int) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """The flags of a spilled part whose first row is row ``offset`` of the input."""
+        rows = slice(offset, offset + len(part))
         return self.threshold, self.is_anomaly[rows], (self.q_value[rows] if self.q_value is not None else None)
 
     def summary(
@@ -130,23 +128,29 @@ class RunState:
         if not hasattr(self, "is_anomaly"):
             self._decide()
         det, rule, y = self.det, self.rule, self.all_labels()
-        notes = list(self.notes)
+        extra = self.src.finish(float(self.threshold))
+        notes = [*extra.pop("notes", []), *self.notes]
         metrics = labelled_metrics(y, self.all_scores(), self.is_anomaly) if y is not None else None
         if metrics is not None and metrics["n_labelled_anomalies"] == 0:
             notes.append("no labelled anomalies in this batch: recall, F1 and AUROC are undefined")
         flagged = self.flagged if self.is_anomaly is None else int(self.is_anomaly.sum())
         self.is_anomaly = self.q_value = None  # type: ignore[assignment]
         health = batch_health(
-            self.ks, det.calibration_scores_, self.health_count, self.health_level, unflagged=self.unflagged_ks
+            self.ks,
+            det.calibration_scores_,
+            self.health_count,
+            self.health_level,
+            unit=self.src.unit,
+            unflagged=self.unflagged_ks,
         )
         if health.warning:
             notes.append(health.warning)
         segments = self._segment_summary(notes) if self.segments is not None else None
-        n = self.ks.n
+        n = self.ks.n  # the rows scored
         return ScoreSummary(
-            input=str(self.path),
+            input=self.source,
             report=str(target),
-            rows=n,
+            rows=self.rows,
             flagged=flagged,
             flagged_fraction=flagged / n if n else 0.0,
             threshold=float(self.threshold),
@@ -163,6 +167,7 @@ class RunState:
             metrics=metrics,
             notes=notes,
             segments=segments,
+            **extra,
         )
 
     def _segment_summary(self, notes: list[str]) -> list[dict[str, Any]]:
@@ -204,3 +209,12 @@ class RunState:
             }
         )
         return out
+
+
+def spread(values: Any, read: np.ndarray, fill: Any = np.nan) -> Any:
+    """``values`` of the rows read, at their places among all rows (``fill`` elsewhere)."""
+    if values is None or read.all():
+        return values
+    out = np.full(len(read), fill, dtype=values.dtype)
+    out[read] = values
+    return out

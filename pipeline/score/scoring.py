@@ -1,13 +1,16 @@
-"""Scoring one input file into a report and its summary (no orchestration), streaming.
+"""The scoring engine: one input, a table file or an image batch, into a report and its summary, streaming.
 
 Design (bounded memory whatever the file size):
 
-- The file is read in chunks (:func:`pipeline.data.io.iter_table`), re-cut to exactly ``chunk_rows``
-  rows, a multiple of the detector's ``SCORE_CHUNK``: the model then sees the same torch batches
-  as when the whole file is scored at once, so scores are bit-identical whatever the read chunking.
-- Each chunk is validated (schema errors name the file, the column and the row counted over the
-  whole file), scored and explained, and its report lines are written to the temporary file of
-  :func:`pipeline.score.report.atomic_writer`, renamed into place only once every row is written.
+- The input is read in chunks by its :class:`~pipeline.score.source.Source`: a table file
+  (:class:`~pipeline.score.table_source.TableSource`) re-cut to exactly ``chunk_rows`` rows, a multiple of the
+  detector's ``SCORE_CHUNK``, so the model sees the same torch batches as when the whole file is scored at once
+  and scores are bit-identical whatever the read chunking; an image batch
+  (:class:`~pipeline.score.image_source.ImageSource`) decoded a bounded number of images at a time.
+- The source scores each chunk (a table's rows are validated, and schema errors name the file, the column and
+  the row counted over the whole file; an image that cannot be decoded keeps its row, with no score), and its
+  report lines are written to the temporary file of :func:`pipeline.score.report.atomic_writer`, renamed into
+  place only once every row is written.
 - Nothing per row is kept for the whole file with the default rules: the health check's KS counts
   (:class:`pipeline.calibrate.health.KSCounter`) and the flag count are updated chunk by chunk. Labels, ``fdr``
   and ``f1_optimal`` need every score at the end: then the scores (float64, 8 bytes/row), flags and
@@ -22,7 +25,7 @@ Design (bounded memory whatever the file size):
 - Reading, scoring and writing overlap: the next chunk is read in a background thread and the
   previous chunk is formatted and written in another while the model scores the current one.
 
-The report's bytes depend only on the model and the input: the same as scoring the file whole.
+A table report's bytes depend only on the model and the input: the same as scoring the file whole.
 """
 
 from __future__ import annotations
@@ -40,16 +43,18 @@ import pandas as pd
 import torch
 
 from pipeline.calibrate.rules import FlagRule
-from pipeline.data.io import iter_table
 from pipeline.detect.detector import VAEAnomalyDetector
 from pipeline.detect.detector_scoring import SCORE_CHUNK
+from pipeline.detect.ensemble import EnsembleDetector
 from pipeline.errors import InputError
 from pipeline.score.html_report import write_html_report
 from pipeline.score.report import atomic_writer, report_path
 from pipeline.score.score_errors import check_finite
-from pipeline.score.score_run import ATTRIBUTION, Progress, ScoreRun
-from pipeline.score.score_stream import file_sha256, limit_malloc_arenas, prefetch, recut
+from pipeline.score.score_run import Progress, ScoreRun
+from pipeline.score.score_stream import limit_malloc_arenas, prefetch
+from pipeline.score.source import Source
 from pipeline.score.summary import ScoreSummary
+from pipeline.score.table_source import TableSource
 
 # Rows per chunk. Measured with 21 numeric columns (1 M rows, `benchmarks.scoring`): 4 x 65,536 rows peaked at
 # 1.3 GB RSS, 65,536 at 1,016-1,036 MB with the hidden-layer density terms, 32,768 at 796 MB for the same time.
@@ -90,26 +95,66 @@ def score_file(
         InputError: unreadable file, schema mismatch (names column and row), a score that overflows,
             bad labels or level, or unwritable output.
     """
-    t0 = time.perf_counter()
-    p = Path(path)
-    rule = rule or FlagRule("alpha", det.alpha)
-    target = report_path(out_dir, p)
-    ensure_out_dir(target.parent)
     chunk_rows = max(-(-chunk_rows // SCORE_CHUNK), 1) * SCORE_CHUNK
+    return score_batch(
+        det,
+        TableSource(det, path, label_column, read_rows),
+        report_path(out_dir, path),
+        rule,
+        f1_optimal,
+        (model_uri, model_name, model_version),
+        chunk_rows=chunk_rows,
+        progress=progress,
+        torch_threads=torch_threads,
+    )
+
+
+def score_batch(
+    det: EnsembleDetector,
+    src: Source,
+    target: Path,
+    rule: FlagRule | None = None,
+    f1_optimal: bool = False,
+    model: tuple[str, str | None, str | None] = ("", None, None),
+    *,
+    chunk_rows: int,
+    progress: Progress | None = None,
+    torch_threads: int | None = None,
+) -> ScoreSummary:
+    """Score every row of ``src`` into the report ``target`` (written atomically), its summary and its page
+    ``<stem>.report.html``: the one scoring path of both kinds of input.
+
+    Args:
+        model: the model's URI, registered name and version, for the summary.
+        chunk_rows: rows the source reads and the model scores at a time.
+        torch_threads: threads of the model while scoring (restored afterwards); default one core less
+            than this process may use, at least 1: reading and writing run on the remaining core.
+
+    Raises:
+        InputError: from the source, a level the calibration cannot reach, or unwritable output.
+    """
+    t0 = time.perf_counter()
+    rule = rule or FlagRule("alpha", det.alpha)
+    ensure_out_dir(target.parent)
     limit_malloc_arenas()
-    run = ScoreRun(det, p, rule, label_column, f1_optimal, target.parent)
-    chunks = recut(iter_table(p, det.schema_.id_columns, read_rows or chunk_rows, run.read_position), chunk_rows)
+    run = ScoreRun(det, src, rule, f1_optimal, target.parent)
     with scoring_threads(torch_threads), ThreadPoolExecutor(max_workers=3, thread_name_prefix="vae-anomaly-io") as pool:
-        digest = pool.submit(file_sha256, p)  # reads the file once more, beside the scoring
+        digest = pool.submit(src.sha256)  # reads the input once more, beside the scoring
         try:
             with atomic_writer(target) as out:
-                run.write_report(prefetch(chunks, pool), out, pool, progress)
+                run.write_report(prefetch(src.chunks(chunk_rows, run.read_position), pool), out, pool, progress)
         except OSError as e:
             raise InputError(f"cannot write report {target}: {e.strerror or e}") from e
         input_sha256 = digest.result()
-    summary = run.summary(target, input_sha256, model_uri, model_name, model_version, time.perf_counter() - t0)
-    columns = ["row", *det.schema_.id_columns, "score", "p_value", *ATTRIBUTION, "missing"]
-    page = write_html_report(summary.to_dict(), run.histogram, run.top.rows, columns, missing_rows=run.missing_rows)
+    summary = run.summary(target, input_sha256, *model, time.perf_counter() - t0)
+    page = write_html_report(
+        summary.to_dict(),
+        run.histogram,
+        run.top.rows,
+        run.page_columns,
+        summary.contact_sheet,
+        run.missing_rows if "missing" in run.columns else None,
+    )
     return dataclasses.replace(summary, report_html=str(page))
 
 
