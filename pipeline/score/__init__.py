@@ -1,1 +1,2 @@
-"""Batch scoring: streaming a file through a detector into a report, its summary and its plots."""
+"""Batch scoring: one engine streams a table file or an image batch through a detector into its report,
+summary, page and plots."""
