@@ -29,7 +29,8 @@ from pipeline.detect.detector import VAEAnomalyDetector
 from pipeline.detect.image_detector import ImageVAEDetector, is_image_model_dir
 from pipeline.errors import InputError, ModelError
 from pipeline.score.image_scoring import IMAGE_ROOT_ENV, score_image_frame
-from pipeline.score.scoring import score_features, scoring_threads
+from pipeline.score.scoring import scoring_threads
+from pipeline.score.table_source import score_features
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class VAEAnomalyModel(mlflow.pyfunc.PythonModel):
         if getattr(det, "kind", "table") == "image":
             return score_image_frame(det, df, os.environ.get(IMAGE_ROOT_ENV) or None)
         features = det.schema_.validate(df, source="model input", require_ids=False)
-        scores = score_features(det, features, "model input")
+        scores, _ = score_features(det, features, "model input")
         thr = det.thresholds(df)
         return pd.DataFrame({"score": scores, "threshold": thr, "is_anomaly": (scores > thr).astype("int64")})
 

@@ -118,7 +118,7 @@ def fit(det: Detector, data: TrainingData) -> float:
 def _check_calibration_finite(det: VAEAnomalyDetector, data: TrainingData) -> None:
     if np.isfinite(det.calibration_scores_).all():
         return
-    from pipeline.score.scoring import score_features
+    from pipeline.score.table_source import score_features
 
     source = data.source
     score_features(det, det.schema_.validate(data.frame, source=source, require_ids=False), source)  # names it

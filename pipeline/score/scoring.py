@@ -38,8 +38,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 
 from pipeline.calibrate.rules import FlagRule
@@ -49,7 +47,6 @@ from pipeline.detect.ensemble import EnsembleDetector
 from pipeline.errors import InputError
 from pipeline.score.html_report import write_html_report
 from pipeline.score.report import atomic_writer, report_path
-from pipeline.score.score_errors import check_finite
 from pipeline.score.score_run import Progress, ScoreRun
 from pipeline.score.score_stream import limit_malloc_arenas, prefetch
 from pipeline.score.source import Source
@@ -186,19 +183,6 @@ def model_threads() -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return max(cores - 1, 1)
-
-
-def score_features(det: VAEAnomalyDetector, features: pd.DataFrame, source: str = "input") -> np.ndarray:
-    """(n,) scores of validated ``features``; every score is finite.
-
-    Raises:
-        InputError: a row's score overflows (a value far outside the training range, e.g. 1e308):
-            names the row, the column and the value.
-    """
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected by check_finite, row by row
-        scores = det.score_validated(features)
-    check_finite(det, features, scores, source)
-    return scores
 
 
 def ensure_out_dir(path: str | Path) -> Path:

@@ -12,6 +12,7 @@ from pipeline.calibrate.metrics import labels_from
 from pipeline.data.io import iter_table
 from pipeline.detect.attribution import attribution_columns
 from pipeline.detect.detector import VAEAnomalyDetector
+from pipeline.detect.detector_scoring import Explanation
 from pipeline.errors import InputError
 from pipeline.score.score_errors import at_row, check_finite
 from pipeline.score.score_stream import file_sha256, recut
@@ -60,9 +61,7 @@ class TableSource:
         else:
             features = self._validate(chunk, offset)
         self._validated = None
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected by check_finite, row by row
-            scores, explanation = det.score_and_explain(features)
-        check_finite(det, features, scores, self.name, offset)
+        scores, explanation = score_features(det, features, self.name, offset, explain=True)
         labels = None
         if self.label:
             try:
@@ -95,3 +94,19 @@ class TableSource:
             return schema.validate(chunk, source=self.name)
         except InputError as e:
             raise at_row(e, offset, self.name) from e
+
+
+def score_features(
+    det: VAEAnomalyDetector, features: pd.DataFrame, source: str = "input", offset: int = 0, explain: bool = False
+) -> tuple[np.ndarray, Explanation | None]:
+    """(n,) scores of validated ``features`` and, with ``explain``, each row's attribution: the one scoring call
+    of a table's rows, for the engine's chunks and the pyfunc's frames alike. Every score is finite.
+
+    Raises:
+        InputError: a row's score overflows (a value far outside the training range, e.g. 1e308): names the
+            row (counted from ``offset``), the column and the value.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected by check_finite, row by row
+        scores, explanation = det.score_and_explain(features) if explain else (det.score_validated(features), None)
+    check_finite(det, features, scores, source, offset)
+    return scores, explanation
