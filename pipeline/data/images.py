@@ -88,17 +88,6 @@ def looks_like_images(value: str | Path) -> bool:
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
-def _glob_root(pattern: str) -> Path:
-    """The fixed folder part of a glob pattern (before the first component with a wildcard)."""
-    parts = Path(pattern).parts
-    fixed = []
-    for part in parts:
-        if _GLOB_CHARS.search(part):
-            break
-        fixed.append(part)
-    return Path(*fixed) if fixed else Path(".")
-
-
 def image_files(folder: Path) -> list[Path]:
     """Image files under ``folder``, searched recursively, sorted by relative path (hidden files skipped)."""
     files = [

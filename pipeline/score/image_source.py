@@ -38,7 +38,7 @@ class ImageSource:
     decoded, when it could not (that row has no score, flag or p-value).
     """
 
-    unit = "images"
+    missing_rows = None
 
     def __init__(
         self, det: ImageVAEDetector, source: str | Path | Sequence[str | Path], top_k: int, sheet: Path

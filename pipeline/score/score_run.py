@@ -228,6 +228,4 @@ class ScoreRun(RunState):
             frame.insert(frame.columns.get_loc("p_value") + 1, "q_value", np.asarray(q_value, dtype=np.float64))
         assert list(frame.columns) == self.columns, (list(frame.columns), self.columns)
         self.top.add(frame)
-        if "missing" in frame.columns:
-            self.missing_rows += int((frame["missing"].to_numpy() > 0).sum())
         return frame

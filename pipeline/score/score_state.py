@@ -36,14 +36,13 @@ class RunState:
         self.ks = KSCounter(det.calibration_scores_)  # the health test's counts, chunk by chunk
         self.unflagged_ks = unflagged_counter(det.calibration_scores_, det.threshold_)  # rows below the threshold
         # per-segment thresholds: each segment's KS counts and flag count (set by the first chunk)
-        self.segments = getattr(det, "segments_", None)
+        self.segments = det.segments_
         self.segment_ks: list[KSCounter] = []
         self.segment_flagged: list[int] = []
         self.pooled_rows = self.pooled_flagged = self.unseen_rows = 0
         self.keep_scores = True  # set by the first chunk: False when no whole-file step needs the scores
         self.histogram = ScoreHistogram(det.calibration_scores_, det.threshold_)  # for the HTML page
         self.top = TopFlagged()
-        self.missing_rows = 0  # rows with an empty feature cell
 
     def read_position(self, share: float) -> None:
         self.position = share
@@ -140,7 +139,7 @@ class RunState:
             det.calibration_scores_,
             self.health_count,
             self.health_level,
-            unit=self.src.unit,
+            unit=det.unit,
             unflagged=self.unflagged_ks,
         )
         if health.warning:

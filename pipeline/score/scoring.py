@@ -150,7 +150,7 @@ def score_batch(
         run.top.rows,
         run.page_columns,
         summary.contact_sheet,
-        run.missing_rows if "missing" in run.columns else None,
+        src.missing_rows,
     )
     return dataclasses.replace(summary, report_html=str(page))
 

@@ -40,11 +40,12 @@ class Source(Protocol):
 
     Attributes:
         name: the input as messages and the summary name it.
-        unit: what its rows are, in messages (``rows``, ``images``).
+        missing_rows: rows with an empty feature cell among those :meth:`columns` has seen, for the report
+            page; None for a kind without cells (images).
     """
 
     name: str
-    unit: str
+    missing_rows: int | None
 
     def chunks(self, rows: int, on_read: Callable[[float], None]) -> Iterator[Any]:
         """The input in chunks of ``rows`` (at least one chunk); ``on_read`` gets the share read so far."""

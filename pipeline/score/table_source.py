@@ -27,14 +27,13 @@ class TableSource:
     Row numbers in errors count from the start of the file.
     """
 
-    unit = "rows"
-
     def __init__(
         self, det: VAEAnomalyDetector, path: str | Path, label_column: str | None = None, read_rows: int | None = None
     ) -> None:
         self.det, self.path, self.name = det, Path(path), str(path)
         self.label_column, self.read_rows = label_column, read_rows
         self.label: str | None = None
+        self.missing_rows = 0
         self._validated: tuple[pd.DataFrame, pd.DataFrame] | None = None  # the first chunk's, kept by start()
 
     def chunks(self, rows: int, on_read: Callable[[float], None]) -> Iterator[pd.DataFrame]:
@@ -72,7 +71,8 @@ class TableSource:
         return Scored(scores, labels, segments, explanation)
 
     def columns(self, chunk: pd.DataFrame, scored: Scored, offset: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """``row`` and the id columns; the attribution and each row's count of empty feature cells."""
+        """``row`` and the id columns; the attribution and each row's count of empty feature cells (counted for the
+        page: chunks come here one at a time, in order)."""
         schema = self.det.schema_
         before = pd.DataFrame({"row": np.arange(offset, offset + len(chunk), dtype=np.int64)})
         for c in schema.id_columns:
@@ -80,6 +80,7 @@ class TableSource:
         attribution = attribution_columns(self.det, chunk, scored.detail)
         after = pd.DataFrame({c: pd.Series(attribution[c].to_numpy(dtype=object), dtype=object) for c in ATTRIBUTION})
         after["missing"] = chunk[list(schema.features)].isna().sum(axis=1).to_numpy(dtype=np.int64)
+        self.missing_rows += int((after["missing"].to_numpy() > 0).sum())
         return before, after
 
     def finish(self, threshold: float) -> dict[str, object]:
